@@ -1,0 +1,1 @@
+"""streamscore: streaming real-time prediction on Kafka."""

@@ -1,0 +1,128 @@
+"""One frozen, typed settings object for a streamscore process.
+
+Why one object: every knob (broker address, topic names, batch sizes, ports,
+security) is read in exactly one place, from ``STREAMSCORE_*`` environment
+variables and CLI flags, validated once, and then passed down explicitly.
+Nothing reads ``os.environ`` behind its back; faust gets its configuration
+from here with an ``env_prefix`` of its own so stray ``WORKER_*``/``BROKER_*``
+variables cannot override it.
+
+Precedence: explicit keyword arguments (CLI flags) > ``STREAMSCORE_*``
+environment variables > defaults.
+
+>>> s = Settings(broker="127.0.0.1:19092", topic_prefix="t1-")
+>>> s.topic("events")
+'t1-events'
+>>> s.env_name("batch_max")
+'STREAMSCORE_BATCH_MAX'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "STREAMSCORE_"
+
+#: Logical topic names; the actual name is ``topic_prefix + logical``.
+TOPICS: tuple[str, ...] = ("events", "labels", "predictions", "metrics", "dlq")
+
+
+class Settings(BaseSettings):
+    """Configuration of a streamscore worker, replayer or demo."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    # Kafka
+    broker: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port].")
+    app_id: str = Field("streamscore", description="Consumer group id and prefix of state/changelog names.")
+    topic_prefix: str = Field("", description="Prefix of every topic name (one namespace per pipeline or test).")
+    partitions: int = Field(4, ge=1, description="Partitions of the events and labels topics (co-partitioned).")
+    session_timeout_s: float = Field(10.0, gt=0, description="Consumer-group session timeout in seconds.")
+    security_protocol: str = Field("PLAINTEXT", description="Kafka security.protocol (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL).")
+    sasl_mechanism: str | None = Field(None, description="SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for TLS connections to Kafka.")
+
+    # Pipeline and processing
+    pipeline: str = Field("online_retail", description="Pipeline name (pipelines/NAME.toml) or path to a spec file.")
+    batch_max: int = Field(5000, ge=1, description="Most records fetched per partition per poll (micro-batch bound).")
+    commit_interval_s: float = Field(1.0, gt=0, description="Seconds between offset commits (outputs and state are flushed first).")
+    max_event_bytes: int = Field(1_000_000, ge=1, description="Larger records go to the dlq as 'oversized'.")
+    state_dir: Path = Field(Path("state"), description="Directory of the RocksDB state stores.")
+
+    # Ports and observability
+    web_port: int = Field(6066, ge=0, le=65535, description="faust's web port (faust binds it even when disabled): one per process.")
+    metrics_host: str = Field("127.0.0.1", description="Bind address of the Prometheus /metrics endpoint.")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Port of /metrics; 0 disables the endpoint.")
+    metrics_interval_s: float = Field(5.0, gt=0, description="Seconds between snapshots published to the metrics topic.")
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    def __init__(self, **values: Any) -> None:
+        # drop None so "flag not given" falls back to env / default
+        super().__init__(**{k: v for k, v in values.items() if v is not None})
+
+    def topic(self, logical: str) -> str:
+        """Actual topic name of a logical topic (``events``, ``labels``, ...)."""
+        if logical not in TOPICS:
+            raise ValueError(f"unknown logical topic {logical!r}; expected one of {TOPICS}")
+        return self.topic_prefix + logical
+
+    def logical_topic(self, actual: str) -> str:
+        """Inverse of :meth:`topic` (returns ``actual`` if it has no known name)."""
+        if actual.startswith(self.topic_prefix):
+            name = actual[len(self.topic_prefix):]
+            if name in TOPICS:
+                return name
+        return actual
+
+    @staticmethod
+    def env_name(field: str) -> str:
+        """Environment variable behind a field."""
+        return ENV_PREFIX + field.upper()
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka (confluent-kafka) config shared by every client we create."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.broker,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_cafile:
+            conf["ssl.ca.location"] = str(self.ssl_cafile)
+        return conf
+
+    def consumer_config(self, group: str | None = None, **extra: Any) -> dict[str, Any]:
+        """librdkafka consumer config; ``fetch.queue.backoff.ms`` low for Tansu."""
+        conf = {
+            **self.kafka_client_config(),
+            "group.id": group or f"{self.app_id}-reader",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.queue.backoff.ms": 20,
+            "session.timeout.ms": int(self.session_timeout_s * 1000),
+        }
+        conf.update(extra)
+        return conf
+
+    def producer_config(self, **extra: Any) -> dict[str, Any]:
+        """librdkafka producer config: batched, idempotent-safe defaults."""
+        conf = {
+            **self.kafka_client_config(),
+            "linger.ms": 5,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+            "compression.type": "none",
+            "acks": "all",
+        }
+        conf.update(extra)
+        return conf
