@@ -1,0 +1,138 @@
+"""streamscore native kernels, with a pure-Python twin.
+
+Backends
+--------
+``ext._native``     C++17 core (``ext/src/kernels.hpp``) behind a thin nanobind
+                    binding (``ext/src/bindings.cpp``); built by scikit-build-core.
+``ext._reference``  Pure-Python transcription of the same algorithms.
+
+This package re-exports one of them.  The choice is made once, at import:
+
+* ``STREAMSCORE_DISABLE_NATIVE=1`` -> always the reference (second CI leg).
+* ``STREAMSCORE_REQUIRE_NATIVE=1`` -> the native module, and an ``ImportError``
+  explaining how to build it if it cannot be imported.
+* neither -> native if importable, else the reference.  A native module that
+  exists but fails to load also falls back, with a ``RuntimeWarning``.
+* both -> ``ImportError`` (contradictory configuration).
+
+Environment values ``1``, ``true``, ``yes``, ``on`` (any case) mean set.
+
+API
+---
+``hash_string(value, n_buckets, seed=0) -> int``
+``hash_strings(values, n_buckets, seed=0) -> numpy.ndarray[int64]``
+    Feature hashing.  ``h = 0xcbf29ce484222325 ^ seed`` (seed is an unsigned
+    64-bit int), then 64-bit FNV-1a over the UTF-8 bytes of the string
+    (``h = (h ^ byte) * 0x100000001b3 mod 2**64``); the bucket is
+    ``h % n_buckets`` (``n_buckets >= 1``).  Strings that cannot be encoded as
+    UTF-8 (lone surrogates) raise ``UnicodeEncodeError``.
+
+``SlidingWindow(size_ms)``
+    Time window ``(ts - size_ms, ts]`` over one entity's (ts, value) stream
+    (``size_ms >= 1``, int64 timestamps, non-decreasing; a decreasing
+    timestamp raises ``ValueError`` and, for ``update_many``, leaves the window
+    untouched).  ``update(ts, value)`` appends and then evicts every item with
+    ``item_ts <= ts - size_ms``.  ``update_many(ts, values)`` does that for
+    every row and returns an ``(n, 6)`` float64 array of
+    ``[count, sum, mean, min, max, var]`` after each row (GIL released for
+    large batches).  Read-only properties ``count``, ``sum``, ``mean``,
+    ``min``, ``max``, ``var`` (population variance), ``last`` and ``size_ms``.
+    An empty window has count 0, sum 0.0 and NaN mean/min/max/var/last.
+    ``state() -> (ts list, values list)`` (live items, oldest first) and
+    ``SlidingWindow.from_state(size_ms, ts, values)`` (== a fresh window fed
+    every pair) persist and restore a window; windows also pickle/copy (same
+    state).  Windows are not thread-safe: do not share one across threads.
+
+Numerical definition (why native and reference are bit-identical)
+-----------------------------------------------------------------
+Sums are *not* maintained by "add on enter, subtract on exit": subtraction
+of evicted values drifts (after 1e20 enters and leaves, a window holding just
+1.0 reports sum 0.0) and Welford removal can make the variance negative.
+Instead the window keeps moments ``(n, sum, mean, m2, min, max)`` and merges
+them with Chan et al.'s pairwise update (``delta = b.mean - a.mean``;
+``sum = a.sum + b.sum``; ``mean = a.mean + delta * (nb / n)``;
+``m2 = (a.m2 + b.m2) + (delta * delta) * ((na * nb) / n)``; ``min``/``max``
+keep ``a``'s value unless ``b``'s compares strictly smaller/larger), using an
+"aligned two stacks" layout: time is cut into blocks ``[k*size, (k+1)*size)``;
+values of the current block are merged oldest-to-newest into one prefix
+aggregate, values of the previous block carry suffix aggregates merged
+newest-to-oldest, and the reported moments are ``merge(front suffix, back
+prefix)``.  Then ``count = n``, ``mean = sum / n``, ``var = m2 / n``.  This
+gives O(1) amortised updates (min/max included, so no monotonic deques are
+needed; the update that crosses into a new block pays O(items in the previous
+block) once to rebuild suffix aggregates), only values inside the window ever contribute (no drift; ``var >=
+0``), and every result is a function of ``(size_ms, window contents)`` alone,
+so ``from_state(size_ms, *w.state())`` continues bit-for-bit like ``w``.
+
+The operation sequence above *is* the specification: the C++ core (built with
+``-ffp-contract=off``, no fast-math) and ``ext/_reference.py`` execute the
+same IEEE-754 double operations in the same order, so all outputs - hashes
+and floats, including signed zeros and infinities - are bit-identical between
+backends, and NaN appears in exactly the same places (the sign/payload bits of
+a NaN are not specified: IEEE-754 leaves their propagation open and compilers
+may swap the operands of + and *).  The tests compare results bit for bit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from types import ModuleType
+
+__all__ = ["NATIVE", "SlidingWindow", "backend_name", "hash_string", "hash_strings"]
+
+_TRUTHY = frozenset({"1", "true", "yes", "on"})
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUTHY
+
+
+def _select_backend() -> ModuleType:
+    require = _flag("STREAMSCORE_REQUIRE_NATIVE")
+    disable = _flag("STREAMSCORE_DISABLE_NATIVE")
+    if require and disable:
+        raise ImportError(
+            "ext: STREAMSCORE_REQUIRE_NATIVE and STREAMSCORE_DISABLE_NATIVE are both set; "
+            "unset one of them"
+        )
+    if disable:
+        return importlib.import_module("ext._reference")
+    try:
+        # import_module, not `from ext import _native`: the latter turns a
+        # missing submodule into a generic "cannot import name" ImportError.
+        native = importlib.import_module("ext._native")
+    except ImportError as exc:
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "ext._native"
+        if require:
+            what = "is not built" if missing else "failed to load"
+            raise ImportError(
+                f"ext: the native module ext._native {what} ({exc}) and "
+                "STREAMSCORE_REQUIRE_NATIVE=1 is set. Build it with\n"
+                "    pip install --no-build-isolation --no-deps -e .\n"
+                "(needs cmake, a C++17 compiler, nanobind and scikit-build-core), "
+                "or unset STREAMSCORE_REQUIRE_NATIVE to use the pure-Python reference."
+            ) from exc
+        if not missing:
+            warnings.warn(
+                f"ext: native module ext._native failed to load ({exc}); "
+                "falling back to the pure-Python reference",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return importlib.import_module("ext._reference")
+    return native
+
+
+_backend = _select_backend()
+
+NATIVE: bool = _backend.__name__ == "ext._native"
+hash_string = _backend.hash_string
+hash_strings = _backend.hash_strings
+SlidingWindow = _backend.SlidingWindow
+
+
+def backend_name() -> str:
+    """``"native"`` or ``"reference"``: which implementation this package exports."""
+    return "native" if NATIVE else "reference"

@@ -1,0 +1,74 @@
+"""
+Native (C++/nanobind) streamscore kernels; see ext/__init__.py for the spec.
+"""
+
+# Hand-maintained from `python -m nanobind.stubgen -m ext._native`; the public
+# names must match the compiled module and ext/_reference.py
+# (tests/unit/test_ext_parity.py::test_stub_matches_native_module).
+
+from collections.abc import Iterable, Sequence
+from typing import Annotated
+
+import numpy
+from numpy.typing import NDArray
+
+def hash_string(value: str, n_buckets: int, seed: int = 0) -> int:
+    """
+    Bucket of one string: 64-bit FNV-1a (basis XOR seed) of its UTF-8 bytes, modulo n_buckets.
+    """
+
+def hash_strings(
+    values: Iterable[str], n_buckets: int, seed: int = 0
+) -> Annotated[NDArray[numpy.int64], dict(shape=(None,))]:
+    """
+    Buckets of many strings as a 1-D int64 array; same hash as hash_string().
+    """
+
+class SlidingWindow:
+    """Time window (ts - size_ms, ts] over one entity's values."""
+
+    def __init__(self, size_ms: int) -> None: ...
+    @staticmethod
+    def from_state(size_ms: int, ts: Sequence[int], values: Sequence[float]) -> SlidingWindow:
+        """
+        Window equal to SlidingWindow(size_ms) fed every (ts, value) pair in order; inverse of state().
+        """
+
+    def update(self, ts: int, value: float) -> None:
+        """Append (ts, value), then evict items with item_ts <= ts - size_ms."""
+
+    def update_many(
+        self,
+        ts: Annotated[
+            NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+        values: Annotated[
+            NDArray[numpy.float64], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+    ) -> Annotated[NDArray[numpy.float64], dict(shape=(None, None))]:
+        """
+        Apply every row; returns an (n, 6) float64 array of [count, sum, mean, min, max, var] after each row.
+        """
+
+    def state(self) -> tuple[list[int], list[float]]:
+        """Live items, oldest first, as (ts list, values list)."""
+
+    @property
+    def size_ms(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def sum(self) -> float: ...
+    @property
+    def mean(self) -> float: ...
+    @property
+    def min(self) -> float: ...
+    @property
+    def max(self) -> float: ...
+    @property
+    def var(self) -> float: ...
+    @property
+    def last(self) -> float: ...
+    def __getstate__(self) -> tuple[int, list[int], list[float]]: ...
+    def __setstate__(self, arg: tuple[int, Sequence[int], Sequence[float]], /) -> None: ...
+    def __repr__(self) -> str: ...

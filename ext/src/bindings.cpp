@@ -1,0 +1,187 @@
+// Thin nanobind binding of ext/src/kernels.hpp as the module `ext._native`.
+//
+// Only argument conversion, validation and GIL handling live here; every
+// computation is in kernels.hpp.  Keep ext/_native.pyi and ext/_reference.py
+// in sync with what is defined below (tests/unit/test_ext_parity.py checks).
+
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "kernels.hpp"
+
+namespace nb = nanobind;
+namespace k = streamscore::kernels;
+
+namespace {
+
+// Below this many items the GIL is kept: releasing and re-acquiring it costs
+// more than the loop and, under contention, can stall the caller for a whole
+// switch interval.
+constexpr std::size_t kReleaseGilMinItems = 1024;
+
+using I64Array = nb::ndarray<nb::numpy, std::int64_t, nb::ndim<1>>;
+using F64Matrix = nb::ndarray<nb::numpy, double, nb::ndim<2>>;
+using I64In = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using F64In = nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+// UTF-8 view of a str; raises UnicodeEncodeError (e.g. lone surrogates) like
+// str.encode("utf-8") does.  The view lives as long as the str object.
+std::pair<const char *, std::size_t> utf8_of(nb::handle s) {
+    Py_ssize_t len = 0;
+    const char *data = PyUnicode_AsUTF8AndSize(s.ptr(), &len);
+    if (data == nullptr) throw nb::python_error();
+    return {data, static_cast<std::size_t>(len)};
+}
+
+std::int64_t hash_string(const nb::str &value, std::int64_t n_buckets,
+                         std::uint64_t seed) {
+    k::check_n_buckets(n_buckets);
+    const auto [data, len] = utf8_of(value);
+    return k::hash_bucket(data, len, n_buckets, seed);
+}
+
+I64Array hash_strings(const nb::typed<nb::iterable, nb::str> &values,
+                      std::int64_t n_buckets, std::uint64_t seed) {
+    k::check_n_buckets(n_buckets);
+    if (PyUnicode_Check(values.ptr())) {
+        throw nb::type_error("hash_strings() expects an iterable of str, not a str");
+    }
+    // A private list keeps every item alive while the GIL is released, even
+    // if the caller's container is mutated concurrently.
+    nb::list items = nb::steal<nb::list>(PySequence_List(values.ptr()));
+    if (!items.is_valid()) throw nb::python_error();
+    const std::size_t n = items.size();
+
+    std::vector<std::pair<const char *, std::size_t>> views(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        nb::handle item = items[i];
+        if (!PyUnicode_Check(item.ptr())) {
+            throw nb::type_error(("hash_strings(): values[" + std::to_string(i) +
+                                  "] is not a str (got " +
+                                  std::string(Py_TYPE(item.ptr())->tp_name) + ")")
+                                     .c_str());
+        }
+        views[i] = utf8_of(item);
+    }
+
+    std::unique_ptr<std::int64_t[]> out(new std::int64_t[n == 0 ? 1 : n]);
+    {
+        std::optional<nb::gil_scoped_release> nogil;
+        if (n >= kReleaseGilMinItems) nogil.emplace();
+        std::int64_t *dst = out.get();
+        for (std::size_t i = 0; i < n; ++i) {
+            dst[i] = k::hash_bucket(views[i].first, views[i].second, n_buckets, seed);
+        }
+    }
+    std::int64_t *data = out.get();
+    nb::capsule owner(data, [](void *p) noexcept { delete[] static_cast<std::int64_t *>(p); });
+    out.release();
+    return I64Array(data, {n}, owner);
+}
+
+F64Matrix update_many(k::SlidingWindow &w, const I64In &ts, const F64In &values) {
+    const std::size_t n = ts.shape(0);
+    if (values.shape(0) != n) {
+        throw nb::value_error(("update_many(): ts and values must have the same length, got " +
+                               std::to_string(n) + " and " +
+                               std::to_string(values.shape(0)))
+                                  .c_str());
+    }
+    std::unique_ptr<double[]> out(new double[n == 0 ? 1 : n * k::kStatsWidth]);
+    {
+        std::optional<nb::gil_scoped_release> nogil;
+        if (n >= kReleaseGilMinItems) nogil.emplace();
+        w.update_many(ts.data(), values.data(), n, out.get());
+    }
+    double *data = out.get();
+    nb::capsule owner(data, [](void *p) noexcept { delete[] static_cast<double *>(p); });
+    out.release();
+    return F64Matrix(data, {n, k::kStatsWidth}, owner);
+}
+
+k::SlidingWindow from_state(std::int64_t size_ms, const std::vector<std::int64_t> &ts,
+                            const std::vector<double> &values) {
+    if (ts.size() != values.size()) {
+        throw nb::value_error(("from_state(): ts and values must have the same length, got " +
+                               std::to_string(ts.size()) + " and " +
+                               std::to_string(values.size()))
+                                  .c_str());
+    }
+    return k::SlidingWindow::from_state(size_ms, ts.data(), values.data(), ts.size());
+}
+
+std::pair<std::vector<std::int64_t>, std::vector<double>> state(const k::SlidingWindow &w) {
+    std::pair<std::vector<std::int64_t>, std::vector<double>> st;
+    w.state(st.first, st.second);
+    return st;
+}
+
+// Pickle support (also makes copy.copy / copy.deepcopy work).
+using PickleState = std::tuple<std::int64_t, std::vector<std::int64_t>, std::vector<double>>;
+
+PickleState pickle_getstate(const k::SlidingWindow &w) {
+    PickleState st;
+    std::get<0>(st) = w.size_ms();
+    w.state(std::get<1>(st), std::get<2>(st));
+    return st;
+}
+
+void pickle_setstate(k::SlidingWindow &w, const PickleState &st) {
+    new (&w) k::SlidingWindow(from_state(std::get<0>(st), std::get<1>(st), std::get<2>(st)));
+}
+
+}  // namespace
+
+NB_MODULE(_native, m) {
+    m.doc() = "Native (C++/nanobind) streamscore kernels; see ext/__init__.py for the spec.";
+
+    m.def("hash_string", &hash_string, nb::arg("value"), nb::arg("n_buckets"),
+          nb::arg("seed") = 0,
+          "Bucket of one string: 64-bit FNV-1a (basis XOR seed) of its UTF-8 bytes, "
+          "modulo n_buckets.");
+    m.def("hash_strings", &hash_strings,
+          nb::arg("values"), nb::arg("n_buckets"),
+          nb::arg("seed") = 0,
+          "Buckets of many strings as a 1-D int64 array; same hash as hash_string().");
+
+    nb::class_<k::SlidingWindow>(m, "SlidingWindow",
+                                 "Time window (ts - size_ms, ts] over one entity's values.")
+        .def(nb::init<std::int64_t>(), nb::arg("size_ms"))
+        .def_static("from_state", &from_state, nb::arg("size_ms"), nb::arg("ts"),
+                    nb::arg("values"),
+                    "Window equal to SlidingWindow(size_ms) fed every (ts, value) pair "
+                    "in order; inverse of state().")
+        .def("update", &k::SlidingWindow::update, nb::arg("ts"), nb::arg("value"),
+             "Append (ts, value), then evict items with item_ts <= ts - size_ms.")
+        .def("update_many", &update_many, nb::arg("ts"), nb::arg("values"),
+             "Apply every row; returns an (n, 6) float64 array of "
+             "[count, sum, mean, min, max, var] after each row.")
+        .def("state", &state, "Live items, oldest first, as (ts list, values list).")
+        .def_prop_ro("size_ms", &k::SlidingWindow::size_ms)
+        .def_prop_ro("count", &k::SlidingWindow::count)
+        .def_prop_ro("sum", [](const k::SlidingWindow &w) { return w.stats().sum; })
+        .def_prop_ro("mean", [](const k::SlidingWindow &w) { return w.stats().mean; })
+        .def_prop_ro("min", [](const k::SlidingWindow &w) { return w.stats().min; })
+        .def_prop_ro("max", [](const k::SlidingWindow &w) { return w.stats().max; })
+        .def_prop_ro("var", [](const k::SlidingWindow &w) { return w.stats().var; })
+        .def_prop_ro("last", &k::SlidingWindow::last)
+        .def("__getstate__", &pickle_getstate)
+        .def("__setstate__", &pickle_setstate)
+        .def("__repr__", [](const k::SlidingWindow &w) {
+            return "SlidingWindow(size_ms=" + std::to_string(w.size_ms()) +
+                   ", count=" + std::to_string(w.count()) + ")";
+        });
+}

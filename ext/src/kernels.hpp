@@ -1,0 +1,316 @@
+// streamscore native kernels: the C++ core.
+//
+// This header is deliberately free of Python / nanobind headers so it can be
+// compiled, tested and reused on its own (see ext/src/bindings.cpp for the
+// thin Python binding and ext/_reference.py for the pure-Python twin).
+//
+// Every floating-point result produced here is *specified* by the exact
+// sequence of IEEE-754 double operations written below; ext/_reference.py
+// performs the same operations in the same order, so both backends give
+// bit-identical results.  Do not reorder arithmetic, introduce FMA, or build
+// with -ffast-math: the build uses -ffp-contract=off for exactly this reason.
+// Any change to an expression here must be mirrored in ext/_reference.py.
+
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace streamscore {
+namespace kernels {
+
+// ---------------------------------------------------------------------------
+// Feature hashing: 64-bit FNV-1a, seed folded into the offset basis.
+//
+//   h = 0xcbf29ce484222325 XOR seed
+//   for each byte b of the UTF-8 encoding:  h = (h XOR b) * 0x100000001b3 mod 2^64
+//   bucket = h mod n_buckets            (unsigned 64-bit modulo)
+// ---------------------------------------------------------------------------
+
+inline constexpr std::uint64_t kFnvOffsetBasis = 0xcbf29ce484222325ULL;
+inline constexpr std::uint64_t kFnvPrime = 0x100000001b3ULL;
+
+inline std::uint64_t fnv1a64(const char *data, std::size_t len,
+                             std::uint64_t seed) noexcept {
+    std::uint64_t h = kFnvOffsetBasis ^ seed;
+    const auto *p = reinterpret_cast<const unsigned char *>(data);
+    for (std::size_t i = 0; i < len; ++i) {
+        h ^= static_cast<std::uint64_t>(p[i]);
+        h *= kFnvPrime;
+    }
+    return h;
+}
+
+inline void check_n_buckets(std::int64_t n_buckets) {
+    if (n_buckets < 1) {
+        throw std::invalid_argument("n_buckets must be >= 1, got " +
+                                    std::to_string(n_buckets));
+    }
+}
+
+// Caller guarantees n_buckets >= 1 (see check_n_buckets).
+inline std::int64_t hash_bucket(const char *data, std::size_t len,
+                                std::int64_t n_buckets,
+                                std::uint64_t seed) noexcept {
+    const std::uint64_t h = fnv1a64(data, len, seed);
+    return static_cast<std::int64_t>(h % static_cast<std::uint64_t>(n_buckets));
+}
+
+// ---------------------------------------------------------------------------
+// Window moments and their merge.
+//
+// A Moments value summarises a multiset of doubles: count n, sum, mean, m2
+// (sum of squared deviations from the mean), min and max.  merge() is Chan et
+// al.'s pairwise update.  Only the values currently inside a window ever
+// contribute to its result (nothing is subtracted on eviction), so there is
+// no cancellation drift, m2 is never negative, and the result depends only on
+// the window's contents (see SlidingWindow below).
+// ---------------------------------------------------------------------------
+
+struct Moments {
+    std::int64_t n = 0;
+    double sum = 0.0;
+    double mean = 0.0;
+    double m2 = 0.0;
+    double min = 0.0;
+    double max = 0.0;
+};
+
+inline Moments single(double x) noexcept {
+    Moments m;
+    m.n = 1;
+    m.sum = x;
+    m.mean = x;
+    m.m2 = 0.0;
+    m.min = x;
+    m.max = x;
+    return m;
+}
+
+// `a` holds the older values, `b` the newer ones.
+inline Moments merge(const Moments &a, const Moments &b) noexcept {
+    if (a.n == 0) return b;
+    if (b.n == 0) return a;
+    Moments r;
+    r.n = a.n + b.n;
+    const double na = static_cast<double>(a.n);
+    const double nb = static_cast<double>(b.n);
+    const double n = static_cast<double>(r.n);
+    const double delta = b.mean - a.mean;
+    r.sum = a.sum + b.sum;
+    r.mean = a.mean + delta * (nb / n);
+    r.m2 = (a.m2 + b.m2) + (delta * delta) * ((na * nb) / n);
+    r.min = (b.min < a.min) ? b.min : a.min;
+    r.max = (b.max > a.max) ? b.max : a.max;
+    return r;
+}
+
+// The six statistics reported per row by update_many, in this order.
+struct Stats {
+    double count, sum, mean, min, max, var;
+};
+
+inline constexpr std::size_t kStatsWidth = 6;
+
+inline Stats stats_of(const Moments &m) noexcept {
+    constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+    if (m.n == 0) return Stats{0.0, 0.0, nan, nan, nan, nan};
+    const double n = static_cast<double>(m.n);
+    return Stats{n, m.sum, m.sum / n, m.min, m.max, m.m2 / n};
+}
+
+// floor(a / b) for b >= 1, without overflow.
+inline std::int64_t floor_div(std::int64_t a, std::int64_t b) noexcept {
+    std::int64_t q = a / b;
+    if ((a % b != 0) && (a < 0)) --q;
+    return q;
+}
+
+// ---------------------------------------------------------------------------
+// SlidingWindow: time-based window (ts - size_ms, ts] for one entity.
+//
+// Timestamps must be non-decreasing.  update(ts, v) appends (ts, v) and then
+// evicts every item with item_ts <= ts - size_ms.
+//
+// Algorithm ("aligned two stacks"): time is cut into blocks
+// [k*size, (k+1)*size).  A window ending in block k can only hold items of
+// blocks k-1 and k.  Items of the current block k live in the *back* part,
+// summarised by one running prefix aggregate (merged oldest to newest).
+// Items of block k-1 live in the *front* part, which stores for every item the
+// aggregate of that item and all newer front items (suffix aggregates, merged
+// newest to oldest).  The window's aggregate is merge(front suffix of the
+// oldest live item, back prefix).  Eviction only drops front items; when an
+// update enters a new block the back part becomes the front part (suffix
+// aggregates rebuilt once, O(1) amortised per item) or, if a whole block was
+// skipped, everything is dropped.
+//
+// Because the split between front and back is a function of the timestamps
+// alone, the aggregates (and therefore every floating-point result) are a
+// function of (size_ms, window contents) only.  In particular restoring a
+// window from state() is bit-exact.
+// ---------------------------------------------------------------------------
+
+class SlidingWindow {
+public:
+    explicit SlidingWindow(std::int64_t size_ms) : size_ms_(size_ms) {
+        if (size_ms < 1) {
+            throw std::invalid_argument("size_ms must be >= 1, got " +
+                                        std::to_string(size_ms));
+        }
+    }
+
+    // Equivalent to SlidingWindow(size_ms) followed by update(ts[i], values[i])
+    // for every i.
+    static SlidingWindow from_state(std::int64_t size_ms, const std::int64_t *ts,
+                                    const double *values, std::size_t n) {
+        SlidingWindow w(size_ms);
+        w.update_many(ts, values, n, nullptr);
+        return w;
+    }
+
+    std::int64_t size_ms() const noexcept { return size_ms_; }
+
+    void update(std::int64_t ts, double value) {
+        check_order(last_ts_or_min(), ts, 0, false);
+        apply(ts, value);
+    }
+
+    // Applies every row; if `out` is not null it receives n rows of
+    // kStatsWidth doubles [count, sum, mean, min, max, var], each taken after
+    // its row was applied.  The whole batch is validated before anything is
+    // mutated, so an invalid batch leaves the window unchanged.
+    void update_many(const std::int64_t *ts, const double *values,
+                     std::size_t n, double *out) {
+        std::int64_t prev = last_ts_or_min();
+        for (std::size_t i = 0; i < n; ++i) {
+            check_order(prev, ts[i], i, true);
+            prev = ts[i];
+        }
+        for (std::size_t i = 0; i < n; ++i) {
+            apply(ts[i], values[i]);
+            if (out != nullptr) {
+                const Stats s = stats_of(aggregate());
+                double *row = out + i * kStatsWidth;
+                row[0] = s.count;
+                row[1] = s.sum;
+                row[2] = s.mean;
+                row[3] = s.min;
+                row[4] = s.max;
+                row[5] = s.var;
+            }
+        }
+    }
+
+    Moments aggregate() const noexcept {
+        if (f_head_ < f_ts_.size()) return merge(f_agg_[f_head_], b_agg_);
+        return b_agg_;
+    }
+
+    Stats stats() const noexcept { return stats_of(aggregate()); }
+
+    std::int64_t count() const noexcept {
+        return static_cast<std::int64_t>(f_ts_.size() - f_head_) + b_agg_.n;
+    }
+
+    bool empty() const noexcept { return count() == 0; }
+
+    double last() const noexcept {
+        if (b_vals_.empty()) return std::numeric_limits<double>::quiet_NaN();
+        return b_vals_.back();
+    }
+
+    // Live items, oldest first.
+    void state(std::vector<std::int64_t> &ts, std::vector<double> &values) const {
+        ts.assign(f_ts_.begin() + static_cast<std::ptrdiff_t>(f_head_), f_ts_.end());
+        values.assign(f_vals_.begin() + static_cast<std::ptrdiff_t>(f_head_),
+                      f_vals_.end());
+        ts.insert(ts.end(), b_ts_.begin(), b_ts_.end());
+        values.insert(values.end(), b_vals_.begin(), b_vals_.end());
+    }
+
+private:
+    std::int64_t last_ts_or_min() const noexcept {
+        if (!b_ts_.empty()) return b_ts_.back();
+        return std::numeric_limits<std::int64_t>::min();
+    }
+
+    static void check_order(std::int64_t prev, std::int64_t ts, std::size_t i,
+                            bool batch) {
+        if (ts < prev) {
+            std::string msg = "timestamps must be non-decreasing: got ts=" +
+                              std::to_string(ts) + " after ts=" +
+                              std::to_string(prev);
+            if (batch) msg += " (row " + std::to_string(i) + ")";
+            throw std::invalid_argument(msg);
+        }
+    }
+
+    // ts - item_ts >= size_ms, exact for every int64 pair with item_ts <= ts.
+    bool expired(std::int64_t item_ts, std::int64_t ts) const noexcept {
+        return static_cast<std::uint64_t>(ts) - static_cast<std::uint64_t>(item_ts) >=
+               static_cast<std::uint64_t>(size_ms_);
+    }
+
+    void clear_front() noexcept {
+        f_ts_.clear();
+        f_vals_.clear();
+        f_agg_.clear();
+        f_head_ = 0;
+    }
+
+    // The back part (block k) becomes the front part; block k-1 is expired.
+    void flip() {
+        clear_front();
+        f_ts_.swap(b_ts_);
+        f_vals_.swap(b_vals_);
+        const std::size_t m = f_vals_.size();
+        f_agg_.resize(m);
+        Moments acc;
+        for (std::size_t j = m; j-- > 0;) {
+            acc = merge(single(f_vals_[j]), acc);
+            f_agg_[j] = acc;
+        }
+        b_agg_ = Moments{};
+    }
+
+    void apply(std::int64_t ts, double value) {
+        const std::int64_t block = floor_div(ts, size_ms_);
+        if (!b_ts_.empty() && block != block_) {
+            // block > block_ because timestamps are non-decreasing.
+            if (block - 1 == block_) {
+                flip();
+            } else {
+                clear_front();
+                b_ts_.clear();
+                b_vals_.clear();
+                b_agg_ = Moments{};
+            }
+        }
+        block_ = block;
+        b_ts_.push_back(ts);
+        b_vals_.push_back(value);
+        b_agg_ = merge(b_agg_, single(value));
+        // Items of the current block never expire; only front items can.
+        while (f_head_ < f_ts_.size() && expired(f_ts_[f_head_], ts)) ++f_head_;
+        if (f_head_ == f_ts_.size()) clear_front();
+    }
+
+    std::int64_t size_ms_;
+    std::int64_t block_ = 0;
+    // front part: items of the previous block, oldest first, with suffix aggregates
+    std::vector<std::int64_t> f_ts_;
+    std::vector<double> f_vals_;
+    std::vector<Moments> f_agg_;
+    std::size_t f_head_ = 0;
+    // back part: items of the current block, oldest first, with prefix aggregate
+    std::vector<std::int64_t> b_ts_;
+    std::vector<double> b_vals_;
+    Moments b_agg_;
+};
+
+}  // namespace kernels
+}  // namespace streamscore
