@@ -1,0 +1,153 @@
+"""The worker's batch handler: batch in, batch out.
+
+Why thin: faust hands us one fetched partition-batch at a time (see
+``streams/_faust_hooks.py``); this module finds the partition's processor,
+publishes its outputs without awaiting each send, and counts. Commit order,
+enforced by :meth:`BatchScorer.flush` which runs before every faust offset
+commit: outputs delivered (producer flush) -> state written (RocksDB batch) ->
+offsets committed (faust).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaException, Producer
+
+from streams.metrics import Metrics
+from streams.processor import PartitionProcessor
+from streams.settings import Settings
+from streams.spec import PipelineSpec
+from streams.state import PartitionStore
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryError(RuntimeError):
+    """An output record could not be delivered; offsets must not be committed."""
+
+
+class BatchScorer:
+    """Owns the partition processors, the output producer and the metrics of a worker."""
+
+    def __init__(self, settings: Settings, spec: PipelineSpec, metrics: Metrics | None = None,
+                 producer: Producer | None = None) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.metrics = metrics or Metrics()
+        self.processors: dict[int, PartitionProcessor] = {}
+        self._producer = producer
+        self._topics = {name: settings.topic(name) for name in ("events", "labels", "predictions", "dlq", "metrics")}
+        self._logical = {v: k for k, v in self._topics.items()}
+        self._delivery_errors: list[str] = []
+        self._last_metrics = time.monotonic()
+        self.worker_id = f"{os.uname().nodename}-{os.getpid()}"
+
+    @property
+    def batch_topics(self) -> frozenset[str]:
+        return frozenset({self._topics["events"], self._topics["labels"]})
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(self.settings.producer_config(
+                **{"client.id": f"{self.settings.app_id}-out", "enable.idempotence": False}))
+        return self._producer
+
+    def state_path(self, partition: int) -> Path:
+        return (self.settings.state_dir / self.settings.app_id / self.spec.name
+                / f"{self._topics['events']}-{partition}")
+
+    def processor(self, partition: int) -> PartitionProcessor:
+        proc = self.processors.get(partition)
+        if proc is None:
+            proc = PartitionProcessor(self.spec, PartitionStore(self.state_path(partition)), partition,
+                                      max_event_bytes=self.settings.max_event_bytes)
+            self.processors[partition] = proc
+        return proc
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err}")
+
+    async def handle(self, topic: str, partition: int, records: Sequence[Any]) -> None:
+        """Process one partition-batch and publish its outputs (faust's batch handler)."""
+        logical = self._logical.get(topic, topic)
+        proc = self.processor(partition)
+        outputs = proc.process(logical, records)
+        produce = self.producer.produce
+        topics = self._topics
+        cb = self._on_delivery
+        for o in outputs:
+            try:
+                produce(topics[o.topic], o.value, o.key, partition=partition, on_delivery=cb)
+            except BufferError:
+                self.producer.poll(0.1)
+                produce(topics[o.topic], o.value, o.key, partition=partition, on_delivery=cb)
+        self.producer.poll(0)
+        self._count(logical, len(records), proc)
+        if time.monotonic() - self._last_metrics >= self.settings.metrics_interval_s:
+            self.publish_metrics()
+
+    def _count(self, logical: str, n: int, proc: PartitionProcessor) -> None:
+        m, s = self.metrics, proc.last_stats
+        m.events_in.labels(topic=logical).inc(n)
+        m.batch_size.observe(n)
+        if s.predictions:
+            m.predictions.labels(model=proc.models[0].name).inc(s.predictions)
+        if s.duplicates:
+            m.duplicates.inc(s.duplicates)
+        if s.labels_joined:
+            m.labels.labels(outcome="joined").inc(s.labels_joined)
+        if s.labels_pending:
+            m.labels.labels(outcome="pending").inc(s.labels_pending)
+        for reason, c in (s.dlq or {}).items():
+            m.dlq.labels(reason=reason).inc(c)
+        for lat in s.latencies_s or ():
+            m.e2e_latency.observe(lat)
+
+    def publish_metrics(self) -> None:
+        """Publish a JSON snapshot per partition to the metrics topic, and set the gauges."""
+        self._last_metrics = time.monotonic()
+        now = int(time.time() * 1000)
+        for p, proc in self.processors.items():
+            snap = proc.snapshot()
+            for name, figures in snap["models"].items():
+                for metric in ("accuracy", "log_loss", "roc_auc"):
+                    self.metrics.model_metric.labels(model=name, metric=metric, partition=str(p)).set(figures[metric])
+            doc = {"worker": self.worker_id, "pipeline": self.spec.name, "ts": now, **snap}
+            self.producer.produce(self._topics["metrics"], orjson.dumps(doc), self.worker_id.encode())
+        self.producer.poll(0)
+
+    def flush(self, partitions: Iterable[int] | None = None, timeout: float = 30.0) -> None:
+        """Deliver every output, then write state. Raises :class:`DeliveryError` on loss."""
+        if self._producer is not None:
+            left = self._producer.flush(timeout)
+            if left:
+                raise DeliveryError(f"{left} output records not delivered within {timeout}s")
+        if self._delivery_errors:
+            errs, self._delivery_errors = self._delivery_errors, []
+            raise DeliveryError(f"{len(errs)} output records failed: {errs[:3]}")
+        for p in (self.processors if partitions is None else partitions):
+            proc = self.processors.get(p)
+            if proc is not None:
+                proc.flush()
+
+    def close(self, partitions: Iterable[int] | None = None) -> None:
+        """Flush and close the processors of ``partitions`` (all by default)."""
+        parts = list(self.processors if partitions is None else partitions)
+        try:
+            self.publish_metrics()
+        except (KafkaException, BufferError):  # pragma: no cover - shutting down anyway
+            pass
+        self.flush(parts)
+        for p in parts:
+            proc = self.processors.pop(p, None)
+            if proc is not None:
+                proc.close()

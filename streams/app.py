@@ -1,0 +1,126 @@
+"""``create_app(settings, spec)``: the faust application of a streamscore worker.
+
+Why a factory: no app exists at import time, so tests, the demo and the
+benchmarks build as many apps as they need, each from its own frozen
+:class:`~streams.settings.Settings`. faust reads its own environment variables
+only under ``STREAMSCORE_FAUST_`` so a stray ``BROKER_URL`` cannot redirect a
+worker.
+
+faust owns the consumer group, partition assignment, rebalancing, offset
+commits and the worker lifecycle; the records of the events and labels topics
+reach :class:`~streams.agents.BatchScorer` as whole partition-batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from faust.sensors import Sensor
+
+from streams import _faust_hooks
+from streams.agents import BatchScorer
+from streams.settings import Settings
+from streams.spec import PipelineSpec, load_spec
+
+
+class StreamscoreApp(faust.App):
+    """A faust App whose consumer hands the batch topics over whole."""
+
+    scorer: BatchScorer
+
+    def _new_transport(self) -> Any:
+        return _faust_hooks.BatchTransport(self.conf.broker_consumer, self)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        self.scorer.close()  # outputs flushed, state written, stores closed
+
+
+class CommitSensor(Sensor):
+    """Flushes outputs and state before faust commits offsets (the commit order)."""
+
+    def __init__(self, scorer: BatchScorer) -> None:
+        super().__init__()
+        self.scorer = scorer
+
+    def on_commit_initiated(self, consumer: Any) -> Any:
+        self.scorer.flush()
+        return None
+
+
+def _faust_credentials(settings: Settings) -> Any:
+    if settings.sasl_mechanism and settings.sasl_username and settings.sasl_password is not None:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(settings.ssl_cafile)) if settings.ssl_cafile else None
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value(),
+            mechanism=settings.sasl_mechanism,
+            ssl_context=ctx,
+        )
+    if settings.ssl_cafile:
+        import ssl
+
+        return ssl.create_default_context(cafile=str(settings.ssl_cafile))
+    return None
+
+
+def create_app(settings: Settings, spec: PipelineSpec | None = None) -> StreamscoreApp:
+    """Build a worker app for ``spec`` (default: the pipeline named in ``settings``)."""
+    spec = spec or load_spec(settings.pipeline)
+    (settings.state_dir / settings.app_id).mkdir(parents=True, exist_ok=True)
+    app = StreamscoreApp(
+        settings.app_id,
+        broker=f"kafka://{settings.broker}",
+        broker_credentials=_faust_credentials(settings),
+        env_prefix="STREAMSCORE_FAUST_",
+        store="memory://",
+        datadir=str(settings.state_dir / settings.app_id / "faust"),
+        web_port=settings.web_port,
+        web_host="127.0.0.1",
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_allow_declare=False,      # topics are created by us, with explicit configs
+        topic_disable_leader=True,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 5),
+        broker_commit_interval=settings.commit_interval_s,
+        broker_commit_every=1_000_000,  # commit on the interval, not per N acks
+        broker_max_poll_records=settings.batch_max,
+        consumer_auto_offset_reset="earliest",
+        producer_linger=0.005,
+    )
+    scorer = BatchScorer(settings, spec)
+    app.scorer = scorer
+    channel = app.topic(settings.topic("events"), settings.topic("labels"),
+                        key_serializer="raw", value_serializer="raw")
+
+    app.topics.add(channel)  # subscribe; the records reach scorer.handle, not a faust agent
+
+    events_topic = settings.topic("events")
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        parts = {tp.partition for tp in revoked if tp.topic in scorer.batch_topics}
+        scorer.close(parts)
+        scorer.metrics.assigned.set(0)
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        scorer.metrics.assigned.set(sum(1 for tp in assigned if tp.topic == events_topic))
+
+    app.sensors.add(CommitSensor(scorer))
+    _faust_hooks.install(app, scorer.batch_topics, scorer.handle)
+    return app
+
+
+def run_worker(settings: Settings, spec: PipelineSpec | None = None) -> None:
+    """Run a worker in this process until SIGTERM/SIGINT."""
+    from faust.worker import Worker
+
+    app = create_app(settings, spec)
+    app.scorer.metrics.serve(settings.metrics_host, settings.metrics_port)
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

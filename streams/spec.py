@@ -1,0 +1,129 @@
+"""Pipeline spec files: what an event looks like and which models score it.
+
+Why a file and not code: an ML engineer changes features and models without
+touching the worker, and a spec is data (TOML), so nothing in it is executed.
+One file per pipeline lives in ``pipelines/NAME.toml``; the format is
+documented in README.md ("Pipeline spec").
+
+>>> spec = load_spec("elec2")
+>>> spec.name, spec.task, spec.models[0].kind
+('elec2', 'classification', 'logistic_regression')
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.base import ModelSpec
+
+#: Where the bundled pipeline specs live.
+PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+
+
+class SpecError(ValueError):
+    """A pipeline spec file is missing a section or has a wrong value."""
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A parsed, validated pipeline spec."""
+
+    name: str
+    task: str
+    dataset: str
+    description: str
+    event_id: str
+    timestamp: str
+    key: str | None                      # field of the entity key; None: the Kafka record key
+    label: str
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...] = ()
+    optional: frozenset[str] = frozenset()  # features that may be absent (missing != invalid)
+    models: tuple[ModelSpec, ...] = ()
+    threshold: float = 0.5
+    label_timeout_ms: int | None = None   # documented only: the data emits the default label
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def champion(self) -> ModelSpec:
+        """The model whose score is published as the decision."""
+        return self.models[0]
+
+
+def _require(d: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in d:
+        raise SpecError(f"{where}: missing required key {key!r}")
+    return d[key]
+
+
+def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
+    """Validate a spec document (the parsed TOML)."""
+    p = _require(doc, "pipeline", source)
+    f = _require(doc, "fields", source)
+    feats = _require(doc, "features", source)
+    models_doc = _require(doc, "models", source)
+    if not isinstance(models_doc, list) or not models_doc:
+        raise SpecError(f"{source}: [[models]] must list at least one model")
+    models = tuple(
+        ModelSpec(name=_require(m, "name", f"{source} [[models]]"),
+                  kind=_require(m, "kind", f"{source} [[models]]"),
+                  params=dict(m.get("params", {})))
+        for m in models_doc
+    )
+    if len({m.name for m in models}) != len(models):
+        raise SpecError(f"{source}: model names must be unique")
+    task = p.get("task", "classification")
+    if task != "classification":
+        raise SpecError(f"{source}: task {task!r} is not supported yet (classification)")
+    numeric = tuple(feats.get("numeric", ()))
+    categorical = tuple(feats.get("categorical", ()))
+    optional = frozenset(feats.get("optional", ()))
+    if not numeric and not categorical:
+        raise SpecError(f"{source}: [features] lists no numeric or categorical feature")
+    if unknown := optional - set(numeric) - set(categorical):
+        raise SpecError(f"{source}: optional features {sorted(unknown)} are not listed as features")
+    spec = PipelineSpec(
+        name=_require(p, "name", f"{source} [pipeline]"),
+        task=task,
+        dataset=p.get("dataset", p["name"]),
+        description=p.get("description", ""),
+        event_id=f.get("event_id", "event_id"),
+        timestamp=f.get("timestamp", "ts"),
+        key=f.get("key"),
+        label=f.get("label", "label"),
+        numeric=numeric,
+        categorical=categorical,
+        optional=optional,
+        models=models,
+        threshold=float(doc.get("decision", {}).get("threshold", 0.5)),
+        label_timeout_ms=doc.get("labels", {}).get("timeout_ms"),
+        extra={k: v for k, v in doc.items() if k not in {"pipeline", "fields", "features", "models", "decision", "labels"}},
+    )
+    from models.registry import build_estimator  # validate model kinds and params now, not mid-stream
+
+    for m in models:
+        try:
+            build_estimator(m, spec.numeric, spec.categorical)
+        except (ValueError, TypeError) as exc:
+            raise SpecError(f"{source}: model {m.name!r}: {exc}") from exc
+    return spec
+
+
+def load_spec(name_or_path: str | Path) -> PipelineSpec:
+    """Load ``pipelines/NAME.toml`` or a spec file path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PIPELINES_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PIPELINES_DIR.glob("*.toml"))
+        raise SpecError(f"no pipeline spec {str(name_or_path)!r}; bundled pipelines: {known}")
+    with path.open("rb") as fh:
+        try:
+            doc = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"{path}: {exc}") from exc
+    return parse_spec(doc, str(path))

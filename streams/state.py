@@ -1,0 +1,87 @@
+"""Per-partition key-value state in RocksDB (rocksdict), with a write cache.
+
+Why our own store and not a faust Table: a faust table write costs a changelog
+send and a context-variable lookup per key, inside faust's per-event path.
+Here a micro-batch reads through a plain dict cache and every touched key is
+written once, in one RocksDB ``WriteBatch``, when the worker flushes before it
+commits offsets (commit order: outputs -> state -> offsets). Values are bytes
+(``raw_mode``): nothing is pickled.
+
+>>> import tempfile
+>>> with tempfile.TemporaryDirectory() as d:
+...     s = PartitionStore(d + "/p0")
+...     s.put("a", b"1"); s.put("a", b"2")     # two puts, one write at flush
+...     _ = s.flush()
+...     s.get("a"), len(s)
+(b'2', 1)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rocksdict import Options, Rdict, WriteBatch
+
+_DELETED = object()
+
+
+class PartitionStore:
+    """A RocksDB database for one partition, with writes coalesced until :meth:`flush`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        self._db = Rdict(str(self.path), options=opts)
+        self._dirty: dict[bytes, object] = {}
+
+    def get(self, key: str) -> bytes | None:
+        k = key.encode()
+        v = self._dirty.get(k)
+        if v is _DELETED:
+            return None
+        if v is not None:
+            return v  # type: ignore[return-value]
+        return self._db.get(k)
+
+    def put(self, key: str, value: bytes) -> None:
+        self._dirty[key.encode()] = value
+
+    def delete(self, key: str) -> None:
+        self._dirty[key.encode()] = _DELETED
+
+    @property
+    def pending(self) -> int:
+        """Keys written since the last flush."""
+        return len(self._dirty)
+
+    def flush(self) -> int:
+        """Write every dirty key in one batch; returns how many were written."""
+        if not self._dirty:
+            return 0
+        wb = WriteBatch(raw_mode=True)
+        for k, v in self._dirty.items():
+            if v is _DELETED:
+                wb.delete(k)
+            else:
+                wb.put(k, v)
+        self._db.write(wb)
+        n = len(self._dirty)
+        self._dirty = {}
+        return n
+
+    def __len__(self) -> int:
+        """Keys on disk (after a flush); an estimate is cheaper, this is exact."""
+        return sum(1 for _ in self._db.keys())
+
+    def estimate_keys(self) -> int:
+        """RocksDB's own estimate of the number of keys (cheap; for metrics)."""
+        try:
+            return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
+        except Exception:
+            return 0
+
+    def close(self) -> None:
+        self.flush()
+        self._db.close()
