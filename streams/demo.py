@@ -1,0 +1,336 @@
+"""``streamscore demo``: a real stream through a real broker and worker, then a report.
+
+Steps: start the embedded broker; create the topics; convert the pipeline's
+dataset into a recorded stream (cached under ``.cache/streams``); start one
+worker *process*; replay the stream as fast as possible while reading the
+predictions and dead letters back, with a progress bar; stop the worker; join
+every prediction with its label and print the report.
+
+Prequential metrics are computed from what was published: each label is
+matched with the score its event got *before* the label was known, which is
+exactly what the worker's own prequential metrics (published to the metrics
+topic) count per partition; the report carries both.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from models import Prequential
+from streams.broker import EmbeddedBroker, create_topics, free_port
+from streams.datasets import convert
+from streams.replay import count_records, open_stream, replay
+from streams.settings import Settings
+from streams.spec import PipelineSpec, load_spec
+
+CACHE_DIR = Path(".cache/streams")
+
+
+def dataset_stream(spec: PipelineSpec, cache_dir: Path = CACHE_DIR) -> Path:
+    """The recorded stream of ``spec``'s dataset, converted once and cached."""
+    path = cache_dir / f"{spec.dataset}.jsonl.gz"
+    if not path.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        convert(spec.dataset, tmp)
+        tmp.replace(path)
+    return path
+
+
+def all_topics(settings: Settings) -> dict[str, int]:
+    return ({settings.topic(t): settings.partitions for t in ("events", "labels", "predictions", "dlq")}
+            | {settings.topic("metrics"): 1})
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """A worker in its own process, configured through ``STREAMSCORE_*`` variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSCORE_")}
+    for name in ("broker", "app_id", "topic_prefix", "pipeline", "partitions", "state_dir", "web_port",
+                 "metrics_port", "metrics_host", "session_timeout_s", "commit_interval_s", "metrics_interval_s",
+                 "batch_max"):
+        env[Settings.env_name(name)] = str(getattr(settings, name))
+    log = log_path.open("ab")
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 60.0) -> None:
+    """Wait until the worker reports assigned partitions on its /metrics endpoint."""
+    import urllib.request
+
+    url = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}; see {log_path}")
+        try:
+            body = urllib.request.urlopen(url, timeout=1).read().decode()
+        except OSError:
+            body = ""
+        for line in body.splitlines():
+            if line.startswith("streamscore_worker_assigned_partitions ") and float(line.split()[1]) > 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"worker not assigned any partition within {timeout}s; see {log_path}")
+
+
+def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    proc.terminate()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+class OutputReader:
+    """Reads predictions, dead letters and metrics snapshots back from Kafka."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.predictions: dict[str, dict[str, Any]] = {}
+        self.pred_times: list[float] = []       # Kafka timestamp (s) of each first prediction
+        self.duplicates = 0
+        self.dlq: list[dict[str, Any]] = []
+        self.metrics: dict[tuple[str, int], dict[str, Any]] = {}
+        self._c = Consumer(settings.consumer_config(group=f"{settings.app_id}-demo-reader"))
+        meta = self._c.list_topics(timeout=10)
+        tps = [TopicPartition(settings.topic(t), p, OFFSET_BEGINNING)
+               for t in ("predictions", "dlq", "metrics")
+               for p in meta.topics[settings.topic(t)].partitions]
+        self._c.assign(tps)
+        self._names = {settings.topic(t): t for t in ("predictions", "dlq", "metrics")}
+
+    @property
+    def done(self) -> int:
+        return len(self.predictions) + len(self.dlq)
+
+    def poll(self, timeout: float = 0.2) -> int:
+        n = 0
+        for m in self._c.consume(5000, timeout):
+            if m.error():
+                continue
+            kind = self._names[m.topic()]
+            doc = orjson.loads(m.value())
+            if kind == "predictions":
+                if doc["event_id"] in self.predictions:
+                    self.duplicates += 1
+                    continue
+                self.predictions[doc["event_id"]] = doc
+                self.pred_times.append(m.timestamp()[1] / 1000.0)
+                n += 1
+            elif kind == "dlq":
+                self.dlq.append(doc)
+                n += 1
+            else:
+                self.metrics[(doc["worker"], doc["partition"])] = doc
+        return n
+
+    def close(self) -> None:
+        self._c.close()
+
+
+def _percentile(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(q / 100.0 * (len(s) - 1))))]
+
+
+def prequential_report(stream: Path, spec: PipelineSpec, predictions: dict[str, dict[str, Any]],
+                       window: int = 1000, limit: int | None = None) -> tuple[dict[str, dict[str, float]], dict[str, list[float]], int]:
+    """Per-model prequential metrics in label order, plus rolling accuracy curves."""
+    preq = {m.name: Prequential(spec.threshold) for m in spec.models}
+    rolling: dict[str, list[float]] = {m.name: [] for m in spec.models}
+    hits: dict[str, list[int]] = {m.name: [] for m in spec.models}
+    unmatched = 0
+    with open_stream(stream) as fh:
+        for i, line in enumerate(fh):
+            if limit is not None and i >= limit:  # only labels that were replayed
+                break
+            rec = orjson.loads(line)
+            v = rec["value"]
+            if spec.label not in v or any(f in v for f in spec.numeric):
+                continue
+            pred = predictions.get(str(v[spec.event_id]))
+            if pred is None:
+                unmatched += 1
+                continue
+            y = v[spec.label]
+            for name, score in pred["scores"].items():
+                preq[name].update(y, score)
+                h = hits[name]
+                h.append(int((score > spec.threshold) == bool(y)))
+                if len(h) >= window:
+                    rolling[name].append(sum(h[-window:]) / window)
+    return {k: p.get() for k, p in preq.items()}, rolling, unmatched
+
+
+def plot_rolling(rolling: dict[str, list[float]], path: Path, title: str, window: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for name, ys in rolling.items():
+        ax.plot(range(window, window + len(ys)), ys, label=name, linewidth=1)
+    ax.set_xlabel("labelled events (in label order)")
+    ax.set_ylabel(f"accuracy over the last {window}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_demo(pipeline: str = "online_retail", *, report_path: Path = Path("reports/demo.json"),
+             plot_path: Path = Path("reports/demo.png"), limit: int | None = None, partitions: int = 4,
+             stream: str | None = None, timeout_s: float = 600.0,
+             echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the demo end to end and return the report (also written to ``report_path``)."""
+    from tqdm import tqdm
+
+    spec = load_spec(pipeline)
+    t_start = time.monotonic()
+    echo(f"streamscore demo: pipeline {spec.name} - {spec.description}")
+    stream_path = Path(stream) if stream else dataset_stream(spec)
+    n_records = count_records(stream_path)
+    n_events = count_records(stream_path, "events") - _inline_labels(stream_path, spec)
+    if limit is not None:
+        n_records = min(n_records, limit)
+        n_events = _events_in_prefix(stream_path, spec, limit)
+    workdir = Path(tempfile.mkdtemp(prefix="streamscore-demo-"))
+    with EmbeddedBroker() as broker:
+        settings = Settings(broker=broker.bootstrap, app_id=f"demo-{spec.name}", topic_prefix=f"demo-{spec.name}-",
+                            pipeline=spec.name, partitions=partitions, state_dir=workdir / "state",
+                            web_port=free_port(), metrics_port=free_port(), session_timeout_s=6.0,
+                            metrics_interval_s=2.0)
+        echo(f"broker: Tansu on {broker.bootstrap}; worker log: {workdir / 'worker.log'}")
+        create_topics(broker.bootstrap, all_topics(settings))
+        worker = start_worker(settings, workdir / "worker.log")
+        echo("waiting for the worker to join its consumer group ...")
+        wait_ready(settings, worker, workdir / "worker.log")
+        reader = OutputReader(settings)
+        try:
+            replay_error: list[BaseException] = []
+
+            def _replay() -> None:
+                try:
+                    replay(stream_path, settings, limit=limit)
+                except BaseException as exc:  # surfaced below
+                    replay_error.append(exc)
+
+            t_replay = time.monotonic()
+            th = threading.Thread(target=_replay, name="replay", daemon=True)
+            th.start()
+            with tqdm(total=n_events, unit="ev", desc="scored", dynamic_ncols=True) as bar:
+                deadline = time.monotonic() + timeout_s
+                while reader.done < n_events and time.monotonic() < deadline:
+                    bar.update(reader.poll())
+                    if worker.poll() is not None:
+                        raise RuntimeError(f"worker exited with {worker.returncode}; see {workdir / 'worker.log'}")
+                    if replay_error:
+                        raise replay_error[0]
+            th.join()
+            t_end = time.monotonic()
+            time.sleep(settings.metrics_interval_s + 0.5)  # one more metrics snapshot
+            reader.poll(0.5)
+        finally:
+            stop_worker(worker)
+            reader.poll(0.5)
+            reader.close()
+
+    lat = [p["latency_ms"] for p in reader.predictions.values() if p.get("latency_ms") is not None]
+    proc = [p["processing_ms"] for p in reader.predictions.values()]
+    models, rolling, unmatched = prequential_report(stream_path, spec, reader.predictions, limit=limit)
+    busy = (max(reader.pred_times) - min(reader.pred_times)) if len(reader.pred_times) > 1 else 0.0
+    dlq_reasons: dict[str, int] = {}
+    for d in reader.dlq:
+        dlq_reasons[d["reason"]] = dlq_reasons.get(d["reason"], 0) + 1
+    report: dict[str, Any] = {
+        "pipeline": spec.name,
+        "stream": str(stream_path),
+        "records_replayed": n_records,
+        "events": n_events,
+        "predictions": len(reader.predictions),
+        "duplicate_predictions": reader.duplicates,
+        "dlq": len(reader.dlq),
+        "dlq_reasons": dlq_reasons,
+        "events_per_s": round(len(reader.predictions) / busy, 1) if busy else None,
+        "wall_s": round(t_end - t_replay, 2),
+        "latency_p50_ms": _percentile(lat, 50),
+        "latency_p99_ms": _percentile(lat, 99),
+        "processing_p50_ms": _percentile(proc, 50),
+        "processing_p99_ms": _percentile(proc, 99),
+        "labels_without_prediction": unmatched,
+        "models": models,
+        "worker_metrics": list(reader.metrics.values()),
+        "plot": str(plot_path),
+        "total_s": round(time.monotonic() - t_start, 1),
+    }
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    plot_rolling(rolling, plot_path, f"{spec.name}: rolling prequential accuracy", 1000)
+    echo(format_report(report))
+    echo(f"report: {report_path}   plot: {plot_path}")
+    return report
+
+
+def _inline_labels(path: Path, spec: PipelineSpec) -> int:
+    """Label records carried on the events topic (no feature fields)."""
+    n = 0
+    with open_stream(path) as fh:
+        for line in fh:
+            if b'"topic":"events"' in line and f'"{spec.label}":'.encode() in line:
+                v = orjson.loads(line)["value"]
+                n += int(not any(f in v for f in spec.numeric))
+    return n
+
+
+def _events_in_prefix(path: Path, spec: PipelineSpec, limit: int) -> int:
+    n = 0
+    with open_stream(path) as fh:
+        for i, line in enumerate(fh):
+            if i >= limit:
+                break
+            rec = orjson.loads(line)
+            if rec["topic"] == "events" and any(f in rec["value"] for f in spec.numeric):
+                n += 1
+    return n
+
+
+def format_report(r: dict[str, Any]) -> str:
+    def f(v: Any, nd: int = 2) -> str:
+        return "n/a" if v is None else (f"{v:,.{nd}f}" if isinstance(v, float) else f"{v:,}")
+
+    lines = [
+        "",
+        f"=== streamscore report: {r['pipeline']} ===",
+        f"events in           {f(r['events'])}",
+        f"predictions out     {f(r['predictions'])}   (redelivered duplicates: {r['duplicate_predictions']})",
+        f"dead letters        {f(r['dlq'])}   {r['dlq_reasons'] or ''}",
+        f"throughput          {f(r['events_per_s'], 0)} events/s while scoring",
+        f"end-to-end latency  p50 {f(r['latency_p50_ms'])} ms   p99 {f(r['latency_p99_ms'])} ms"
+        "   (replayed as fast as possible: includes queueing)",
+        f"processing latency  p50 {f(r['processing_p50_ms'])} ms   p99 {f(r['processing_p99_ms'])} ms",
+        "prequential (test-then-train, score made before the label was known):",
+    ]
+    for name, m in r["models"].items():
+        lines.append(f"  {name:<16} n={f(m['n'])}  accuracy {f(m['accuracy'], 4)}  log loss {f(m['log_loss'], 4)}"
+                     f"  ROC AUC {f(m['roc_auc'], 4)}")
+    lines.append(f"total time          {r['total_s']} s")
+    return "\n".join(lines)
