@@ -41,10 +41,11 @@ PRIVATE_SURFACE: tuple[tuple[str, str], ...] = (
     ("App", "_new_transport"),
 )
 
-#: ``await handler(topic, partition, records)``; records are aiokafka
+#: ``await handler(topic, partition, records, highwater)``; records are aiokafka
 #: ``ConsumerRecord`` objects (``.offset``, ``.key``, ``.value``,
-#: ``.timestamp`` in ms, ``.headers``) of one partition, in offset order.
-BatchHandler = Callable[[str, int, Sequence[Any]], Awaitable[None]]
+#: ``.timestamp`` in ms, ``.headers``) of one partition, in offset order;
+#: ``highwater`` is the partition's high watermark from the fetch response.
+BatchHandler = Callable[[str, int, Sequence[Any], int], Awaitable[None]]
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
@@ -97,9 +98,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
                         first = recs[0].offset
                         if first - r_off > 1 and acks_enabled_for(tp.topic):
                             await self._add_gap(tp, r_off + 1, first)  # compacted/aborted hole
-                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    highwater = self.highwater(tp)
+                    self.app.monitor.track_tp_end_offset(tp, highwater)
                     if tp.topic in batch_topics and handler is not None:
-                        await handler(tp.topic, tp.partition, recs)
+                        await handler(tp.topic, tp.partition, recs, highwater)
                         self.ack_batch(tp, [r.offset for r in recs])
                     else:
                         for r in recs:

@@ -48,6 +48,8 @@ class BatchScorer:
         self._delivery_errors: list[str] = []
         self._last_metrics = time.monotonic()
         self.worker_id = f"{os.uname().nodename}-{os.getpid()}"
+        #: (logical topic, partition) -> records behind the fetch high watermark
+        self.lag: dict[tuple[str, int], int] = {}
 
     @property
     def batch_topics(self) -> frozenset[str]:
@@ -76,9 +78,11 @@ class BatchScorer:
         if err is not None:
             self._delivery_errors.append(f"{msg.topic()}: {err}")
 
-    async def handle(self, topic: str, partition: int, records: Sequence[Any]) -> None:
+    async def handle(self, topic: str, partition: int, records: Sequence[Any], highwater: int | None = None) -> None:
         """Process one partition-batch and publish its outputs (faust's batch handler)."""
         logical = self._logical.get(topic, topic)
+        if highwater is not None and records:
+            self.lag[(logical, partition)] = max(0, highwater - records[-1].offset - 1)
         proc = self.processor(partition)
         outputs = proc.process(logical, records)
         produce = self.producer.produce
