@@ -104,7 +104,7 @@ class BatchScorer:
         m.events_in.labels(topic=logical).inc(n)
         m.batch_size.observe(n)
         if s.predictions:
-            m.predictions.labels(model=proc.models[0].name).inc(s.predictions)
+            m.predictions.labels(model=proc.models[0].name if proc.models else "features").inc(s.predictions)
         if s.duplicates:
             m.duplicates.inc(s.duplicates)
         if s.labels_joined:

@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from models import Prequential, build_model
+from streams.features import Windows
 from streams.schemas import Codec, Decoded, Reason
 from streams.spec import PipelineSpec
 from streams.state import PartitionStore
@@ -88,7 +89,8 @@ class PartitionProcessor:
         self.store = store
         self.partition = partition
         self.codec = Codec(spec, max_event_bytes)
-        self.models = [build_model(m, spec.numeric, spec.categorical) for m in spec.models]
+        self.models = [build_model(m, spec.model_numeric, spec.categorical) for m in spec.models]
+        self.windows = Windows(spec.windows) if spec.windows else None
         self.prequential = {m.name: Prequential(spec.threshold) for m in spec.models}
         self.clock = clock
         self.last_stats = BatchStats()
@@ -124,6 +126,22 @@ class PartitionProcessor:
             return
         x = d.x
         assert x is not None
+        now_ms = rec.timestamp
+        feats = self.windows.update(d.doc, d.ts, self.store.get) if self.windows is not None else None  # type: ignore[arg-type]
+        if feats:
+            x = {**x, **feats}
+        if not self.models:
+            now = self.clock()
+            pred = orjson.dumps({
+                "event_id": eid, "key": d.key, "ts": d.ts, "features": feats,
+                "latency_ms": round(now * 1000.0 - now_ms, 3) if now_ms else None,
+            })
+            self.store.put("p:" + eid, pred)
+            out.append(Output("predictions", rec.key, pred))
+            stats.predictions += 1
+            if now_ms:
+                stats.latencies_s.append(now - now_ms / 1000.0)  # type: ignore[union-attr]
+            return
         scores = {m.name: m.predict_proba_one(x) for m in self.models}
         champion = self.models[0]
         score = scores[champion.name]
@@ -137,6 +155,7 @@ class PartitionProcessor:
             "model": champion.name,
             "model_version": champion.version,
             "scores": scores,
+            **({"features": feats} if feats else {}),
             "processing_ms": round((now - start) * 1000.0, 3),
             "latency_ms": round(now * 1000.0 - rec.timestamp, 3) if rec.timestamp else None,
         })
@@ -189,9 +208,13 @@ class PartitionProcessor:
         return {
             "partition": self.partition,
             "models": {m.name: {"version": m.version, **self.prequential[m.name].get()} for m in self.models},
+        "late_events": self.windows.late if self.windows is not None else 0,
         }
 
     def flush(self) -> int:
+        """Write window state, then every dirty key, in one RocksDB batch."""
+        if self.windows is not None:
+            self.windows.flush(self.store.put)
         return self.store.flush()
 
     def close(self) -> None:

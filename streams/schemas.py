@@ -51,6 +51,7 @@ class Decoded:
     ts: int = 0
     x: dict[str, float | str] | None = None
     y: float | None = None
+    doc: dict[str, Any] | None = None   # the decoded event (window keys live here)
     reason: str = ""
     detail: str = ""
 
@@ -68,6 +69,7 @@ class Codec:
         self._numeric = spec.numeric
         self._categorical = spec.categorical
         self._optional = spec.optional
+        self._entity_keys = tuple(dict.fromkeys(w.key for w in spec.windows))
 
     def decode(self, value: bytes | None, key: bytes | None) -> Decoded:
         """Decode one record of the events or labels topic."""
@@ -132,7 +134,13 @@ class Codec:
             if not isinstance(v, (str, int)) or isinstance(v, bool):
                 return _err(Reason.WRONG_TYPE, f"feature {f!r} must be a string, got {type(v).__name__}")
             x[f] = str(v)
-        return Decoded("event", eid, kstr, int(ts), x=x)
+        for f in self._entity_keys:
+            v = doc.get(f)
+            if v is None:
+                return _err(Reason.MISSING_FIELD, f"window key {f!r} is missing")
+            if not isinstance(v, (str, int)) or isinstance(v, bool):
+                return _err(Reason.WRONG_TYPE, f"window key {f!r} must be a string or integer")
+        return Decoded("event", eid, kstr, int(ts), x=x, doc=doc)
 
     @staticmethod
     def dlq_record(reason: str, detail: str, *, topic: str, partition: int, offset: int,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from models.base import ModelSpec
+from streams.features import WindowSpec
 
 #: Where the bundled pipeline specs live.
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
@@ -44,9 +45,20 @@ class PipelineSpec:
     categorical: tuple[str, ...] = ()
     optional: frozenset[str] = frozenset()  # features that may be absent (missing != invalid)
     models: tuple[ModelSpec, ...] = ()
+    windows: tuple[WindowSpec, ...] = ()
     threshold: float = 0.5
     label_timeout_ms: int | None = None   # documented only: the data emits the default label
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_numeric(self) -> tuple[str, ...]:
+        """Numeric model inputs: raw numeric features, then window features."""
+        return self.numeric + tuple(n for w in self.windows for n in w.names)
+
+    @property
+    def scores(self) -> bool:
+        """False for a features-only pipeline (task "features")."""
+        return bool(self.models)
 
     @property
     def champion(self) -> ModelSpec:
@@ -65,8 +77,11 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
     p = _require(doc, "pipeline", source)
     f = _require(doc, "fields", source)
     feats = _require(doc, "features", source)
-    models_doc = _require(doc, "models", source)
-    if not isinstance(models_doc, list) or not models_doc:
+    task = p.get("task", "classification")
+    if task not in ("classification", "features"):
+        raise SpecError(f"{source}: task {task!r} is not supported yet (classification, features)")
+    models_doc = doc.get("models", []) if task == "features" else _require(doc, "models", source)
+    if not isinstance(models_doc, list) or (task != "features" and not models_doc):
         raise SpecError(f"{source}: [[models]] must list at least one model")
     models = tuple(
         ModelSpec(name=_require(m, "name", f"{source} [[models]]"),
@@ -76,9 +91,6 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
     )
     if len({m.name for m in models}) != len(models):
         raise SpecError(f"{source}: model names must be unique")
-    task = p.get("task", "classification")
-    if task != "classification":
-        raise SpecError(f"{source}: task {task!r} is not supported yet (classification)")
     numeric = tuple(feats.get("numeric", ()))
     categorical = tuple(feats.get("categorical", ()))
     optional = frozenset(feats.get("optional", ()))
@@ -86,6 +98,13 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
         raise SpecError(f"{source}: [features] lists no numeric or categorical feature")
     if unknown := optional - set(numeric) - set(categorical):
         raise SpecError(f"{source}: optional features {sorted(unknown)} are not listed as features")
+    try:
+        windows = tuple(WindowSpec.parse(w) for w in doc.get("windows", []))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise SpecError(f"{source}: [[windows]]: {exc}") from exc
+    for w in windows:
+        if w.field not in numeric:
+            raise SpecError(f"{source}: window field {w.field!r} must be a numeric feature")
     spec = PipelineSpec(
         name=_require(p, "name", f"{source} [pipeline]"),
         task=task,
@@ -99,15 +118,16 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
         categorical=categorical,
         optional=optional,
         models=models,
+        windows=windows,
         threshold=float(doc.get("decision", {}).get("threshold", 0.5)),
         label_timeout_ms=doc.get("labels", {}).get("timeout_ms"),
-        extra={k: v for k, v in doc.items() if k not in {"pipeline", "fields", "features", "models", "decision", "labels"}},
+        extra={k: v for k, v in doc.items() if k not in {"pipeline", "fields", "features", "models", "windows", "decision", "labels"}},
     )
     from models.registry import build_estimator  # validate model kinds and params now, not mid-stream
 
     for m in models:
         try:
-            build_estimator(m, spec.numeric, spec.categorical)
+            build_estimator(m, spec.model_numeric, spec.categorical)
         except (ValueError, TypeError) as exc:
             raise SpecError(f"{source}: model {m.name!r}: {exc}") from exc
     return spec
