@@ -18,6 +18,7 @@ the dead-letter record and the dlq metric carry.
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -145,7 +146,17 @@ class Codec:
     @staticmethod
     def dlq_record(reason: str, detail: str, *, topic: str, partition: int, offset: int,
                    key: bytes | None, value: bytes | None, event_id: str = "") -> bytes:
-        """The dead-letter record: the reason plus the original bytes, lossless."""
+        """The dead-letter record: the reason plus the original bytes, lossless.
+
+        Key and value are kept as text when they are valid UTF-8, else as
+        base64; ``key_encoding``/``value_encoding`` say which.
+
+        >>> orjson.loads(Codec.dlq_record("malformed_json", "x", topic="events", partition=0,
+        ...              offset=7, key=b"k", value=bytes([255])))["value_encoding"]
+        'base64'
+        """
+        k, kenc = _text_or_base64(key)
+        v, venc = _text_or_base64(value)
         return orjson.dumps({
             "reason": reason,
             "detail": detail,
@@ -153,6 +164,17 @@ class Codec:
             "topic": topic,
             "partition": partition,
             "offset": offset,
-            "key": key.decode("utf-8", "replace") if key is not None else None,
-            "value": value.decode("utf-8", "backslashreplace") if value is not None else None,
+            "key": k,
+            "key_encoding": kenc,
+            "value": v,
+            "value_encoding": venc,
         })
+
+
+def _text_or_base64(b: bytes | None) -> tuple[str | None, str]:
+    if b is None:
+        return None, "utf-8"
+    try:
+        return b.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(b).decode("ascii"), "base64"

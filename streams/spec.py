@@ -83,6 +83,9 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
     models_doc = doc.get("models", []) if task == "features" else _require(doc, "models", source)
     if not isinstance(models_doc, list) or (task != "features" and not models_doc):
         raise SpecError(f"{source}: [[models]] must list at least one model")
+    for m in models_doc:
+        if not isinstance(m.get("params", {}), dict):
+            raise SpecError(f"{source}: model {m.get('name')!r}: params must be a table, e.g. params = {{ lr = 0.01 }}")
     models = tuple(
         ModelSpec(name=_require(m, "name", f"{source} [[models]]"),
                   kind=_require(m, "kind", f"{source} [[models]]"),
@@ -91,6 +94,10 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
     )
     if len({m.name for m in models}) != len(models):
         raise SpecError(f"{source}: model names must be unique")
+    for section in ("numeric", "categorical", "optional"):
+        names = feats.get(section, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise SpecError(f"{source}: [features] {section} must be a list of field names")
     numeric = tuple(feats.get("numeric", ()))
     categorical = tuple(feats.get("categorical", ()))
     optional = frozenset(feats.get("optional", ()))

@@ -1,0 +1,266 @@
+"""Contract suite for every model in models.registry.REGISTRY, and Prequential metrics."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import fields
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from river import metrics
+
+from models import REGISTRY, ModelSpec, OnlineModel, Prequential, build_model
+from models.base import Classifier
+from models.registry import build_estimator
+
+NUMERIC = ("quantity", "unit_price", "hour")
+CATEGORICAL = ("country",)
+KINDS = sorted(REGISTRY)
+
+
+def make_data(n: int, seed: int) -> list[tuple[dict[str, float | str], int]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        q = rng.uniform(-3, 3)
+        price = rng.uniform(0, 10)
+        hour = float(rng.randrange(24))
+        country = rng.choice(["UK", "FR", "DE"])
+        logit = 1.5 * q - 0.3 * price + (1.0 if country == "UK" else -0.5)
+        y = int(rng.random() < 1 / (1 + math.exp(-logit)))
+        out.append(({"quantity": q, "unit_price": price, "hour": hour, "country": country}, y))
+    return out
+
+
+TRAIN = make_data(200, seed=1)
+PROBE = make_data(40, seed=2)
+
+
+def build(kind: str, **params: Any) -> OnlineModel:
+    return build_model(ModelSpec(name=kind, kind=kind, params=params), NUMERIC, CATEGORICAL)
+
+
+def train(m: OnlineModel, data: list[tuple[dict[str, Any], int]] = TRAIN) -> None:
+    for x, y in data:
+        m.predict_proba_one(x)
+        m.learn_one(x, y)
+
+
+@pytest.fixture(scope="module")
+def trained() -> dict[str, OnlineModel]:
+    out = {}
+    for kind in KINDS:
+        m = build(kind)
+        train(m)
+        out[kind] = m
+    return out
+
+
+def test_registry_is_not_empty() -> None:
+    assert {"logistic_regression", "hoeffding_adaptive_tree", "arf"} <= set(REGISTRY)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_is_a_classifier(kind: str) -> None:
+    m = build(kind)
+    assert isinstance(m, Classifier)
+    assert REGISTRY[kind].task == "classification"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_deterministic_under_seed(kind: str, trained: dict[str, OnlineModel]) -> None:
+    again = build(kind)
+    train(again)
+    a = [trained[kind].predict_proba_one(x) for x, _ in PROBE]
+    b = [again.predict_proba_one(x) for x, _ in PROBE]
+    assert a == b, "two builds of the same spec must predict identically after the same examples"
+    assert trained[kind].version == again.version == f"{kind}@200"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_model_learns_something(kind: str, trained: dict[str, OnlineModel]) -> None:
+    fresh = build(kind)
+    before = [fresh.predict_proba_one(x) for x, _ in PROBE]
+    after = [trained[kind].predict_proba_one(x) for x, _ in PROBE]
+    assert before != after
+    # better than chance on the probe set (the signal is strong)
+    hits = sum((p > 0.5) == bool(y) for p, (_, y) in zip(after, PROBE, strict=True))
+    assert hits / len(PROBE) > 0.6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_predict_does_not_mutate_input_nor_learn(kind: str, trained: dict[str, OnlineModel]) -> None:
+    m = trained[kind]
+    version = m.version
+    for x, _ in PROBE[:10]:
+        before = copy.deepcopy(x)
+        p1 = m.predict_proba_one(x)
+        assert x == before and list(x) == list(before)
+        assert m.predict_proba_one(MappingProxyType(x)) == p1  # read-only mapping works too
+        assert m.predict_proba_one(x) == p1
+    assert m.version == version
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_learn_does_not_mutate_input(kind: str) -> None:
+    m = build(kind)
+    x, y = TRAIN[0]
+    before = copy.deepcopy(x)
+    m.learn_one(x, y)
+    assert x == before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_predictions_are_probabilities(kind: str, trained: dict[str, OnlineModel]) -> None:
+    fresh = build(kind)
+    for m in (fresh, trained[kind]):
+        for x, _ in PROBE:
+            p = m.predict_proba_one(x)
+            assert type(p) is float
+            assert 0.0 <= p <= 1.0 and math.isfinite(p)
+    extreme = {"quantity": 1e6, "unit_price": -1e6, "hour": 0.0, "country": "never-seen"}
+    assert 0.0 <= trained[kind].predict_proba_one(extreme) <= 1.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_learning_bumps_version(kind: str) -> None:
+    m = build(kind)
+    assert (m.n_learned, m.version) == (0, f"{kind}@0")
+    x, y = TRAIN[0]
+    m.learn_one(x, y)
+    assert (m.n_learned, m.version) == (1, f"{kind}@1")
+    m.learn_one(x, True)
+    m.learn_one(x, 0.0)
+    assert m.n_learned == 3 and m.version == f"{kind}@3"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unknown_params_raise(kind: str) -> None:
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['bogus'\]"):
+        build(kind, bogus=1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_wrongly_typed_params_raise(kind: str) -> None:
+    first = fields(REGISTRY[kind].params)[0]
+    with pytest.raises(TypeError, match=first.name):
+        build(kind, **{first.name: "1"})
+    with pytest.raises(TypeError, match=first.name):
+        build(kind, **{first.name: True})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_explicit_defaults_equal_implicit(kind: str) -> None:
+    defaults = {f.name: f.default for f in fields(REGISTRY[kind].params)}
+    a, b = build(kind), build(kind, **defaults)
+    train(a, TRAIN[:60])
+    train(b, TRAIN[:60])
+    assert [a.predict_proba_one(x) for x, _ in PROBE] == [b.predict_proba_one(x) for x, _ in PROBE]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_builds_are_independent(kind: str) -> None:
+    a, b = build(kind), build(kind)
+    assert a.estimator is not b.estimator
+    train(a, TRAIN[:60])
+    assert b.n_learned == 0
+    assert [b.predict_proba_one(x) for x, _ in PROBE] == [build(kind).predict_proba_one(x) for x, _ in PROBE]
+
+
+def test_unknown_kind() -> None:
+    with pytest.raises(ValueError, match=r"unknown model kind 'svm'.*logistic_regression"):
+        build_estimator(ModelSpec(name="m", kind="svm"))
+
+
+def test_seed_param_changes_forest() -> None:
+    a, b = build("arf", seed=1), build("arf", seed=2)
+    train(a)
+    train(b)
+    assert [a.predict_proba_one(x) for x, _ in PROBE] != [b.predict_proba_one(x) for x, _ in PROBE]
+
+
+def test_logistic_regression_uses_categorical_features() -> None:
+    m = build("logistic_regression")
+    train(m)
+    x = dict(PROBE[0][0])
+    uk = m.predict_proba_one({**x, "country": "UK"})
+    de = m.predict_proba_one({**x, "country": "DE"})
+    assert uk > de   # the synthetic signal favours UK
+
+
+def test_logistic_regression_lr_param_takes_effect() -> None:
+    slow, fast = build("logistic_regression", lr=0.001), build("logistic_regression", lr=0.5)
+    train(slow, TRAIN[:50])
+    train(fast, TRAIN[:50])
+    x = PROBE[0][0]
+    assert slow.predict_proba_one(x) != fast.predict_proba_one(x)
+
+
+# -- Prequential ---------------------------------------------------------------------------
+def _stream(n: int, seed: int) -> list[tuple[int, float]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        y = rng.random() < 0.4
+        p = min(1.0, max(0.0, rng.gauss(0.65 if y else 0.35, 0.2)))
+        out.append((int(y), p))
+    out += [(1, 0.5), (0, 0.5), (1, 0.0), (0, 1.0)]  # ties and extremes
+    return out
+
+
+@pytest.mark.parametrize(("threshold", "seed"), [(0.5, 11), (0.3, 12)])
+def test_prequential_matches_river_metrics(threshold: float, seed: int) -> None:
+    data = _stream(500, seed=seed)
+    p = Prequential(threshold)
+    acc, ll, auc = metrics.Accuracy(), metrics.LogLoss(), metrics.ROCAUC()
+    for y, s in data:
+        p.update(y, s)
+        yb = bool(y)
+        acc.update(yb, s > threshold)
+        ll.update(yb, {True: s, False: 1.0 - s})
+        auc.update(yb, {True: s, False: 1.0 - s})
+    got = p.get()
+    assert got["n"] == len(data)
+    assert got["accuracy"] == pytest.approx(acc.get(), abs=1e-12)
+    assert got["log_loss"] == pytest.approx(ll.get(), abs=1e-12)
+    assert got["roc_auc"] == pytest.approx(auc.get(), abs=1e-12)
+    # and against hand-computed figures (independent of river)
+    hand_acc = sum((s > threshold) == bool(y) for y, s in data) / len(data)
+    assert got["accuracy"] == pytest.approx(hand_acc, abs=1e-12)
+    eps = 1e-15
+    clamped = [(y, min(max(s, eps), 1 - eps)) for y, s in data]   # river clamps P(True)
+    hand_ll = -sum(math.log(c if y else 1 - c) for y, c in clamped) / len(data)
+    assert got["log_loss"] == pytest.approx(hand_ll, rel=1e-9)
+    assert 0.5 < got["roc_auc"] <= 1.0
+
+
+def test_prequential_tie_rule() -> None:
+    p = Prequential(0.5)
+    p.update(0, 0.5)
+    assert p.get()["accuracy"] == 1.0   # a tie is class 0 (as the published prediction's "class")
+    q = Prequential(0.5)
+    q.update(True, 0.5)
+    assert q.get()["accuracy"] == 0.0
+
+
+def test_prequential_empty() -> None:
+    got = Prequential().get()
+    assert got["n"] == 0 and all(isinstance(v, (int, float)) for v in got.values())
+
+
+def test_prequential_on_model_matches_river_directly() -> None:
+    m = build("logistic_regression")
+    pre = Prequential()
+    auc, ll = metrics.ROCAUC(), metrics.LogLoss()
+    for x, y in TRAIN:
+        s = m.predict_proba_one(x)
+        pre.update(y, s)
+        proba = m.estimator.predict_proba_one(dict(x))
+        auc.update(bool(y), proba)
+        ll.update(bool(y), proba)
+        m.learn_one(x, y)
+    assert pre.get()["roc_auc"] == pytest.approx(auc.get(), abs=1e-12)
+    assert pre.get()["log_loss"] == pytest.approx(ll.get(), abs=1e-12)
