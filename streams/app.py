@@ -28,9 +28,12 @@ class StreamscoreApp(faust.App):
     """A faust App whose consumer hands the batch topics over whole."""
 
     scorer: BatchScorer
+    fetcher: str = "librdkafka"
 
     def _new_transport(self) -> Any:
-        return _faust_hooks.BatchTransport(self.conf.broker_consumer, self)
+        cls = (_faust_hooks.LibrdkafkaBatchTransport if self.fetcher == "librdkafka"
+               else _faust_hooks.BatchTransport)
+        return cls(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
         await super().on_stop()
@@ -92,6 +95,7 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
         consumer_auto_offset_reset="earliest",
         producer_linger=0.005,
     )
+    app.fetcher = settings.fetcher
     scorer = BatchScorer(settings, spec)
     app.scorer = scorer
     channel = app.topic(settings.topic("events"), settings.topic("labels"),
@@ -112,7 +116,12 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
         scorer.metrics.assigned.set(sum(1 for tp in assigned if tp.topic == events_topic))
 
     app.sensors.add(CommitSensor(scorer))
-    _faust_hooks.install(app, scorer.batch_topics, scorer.handle)
+    rk_config = settings.consumer_config(group=settings.app_id, **{
+        "client.id": f"{settings.app_id}-fetch",
+        "enable.auto.offset.store": False,
+        "queued.min.messages": 20_000,
+    })
+    _faust_hooks.install(app, scorer.batch_topics, scorer.handle, rk_config=rk_config)
     return app
 
 

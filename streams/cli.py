@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         one consumer group: start more (each with its own --web-port and
         --metrics-port) to share the partitions. Stops cleanly on SIGTERM/Ctrl-C,
         flushing outputs and state before the last offset commit.""")
-    _settings_flags(sp, *KAFKA, "app_id", "pipeline", "partitions", "session_timeout_s", "batch_max",
+    _settings_flags(sp, *KAFKA, "app_id", "pipeline", "partitions", "session_timeout_s", "fetcher", "batch_max",
                     "commit_interval_s", "max_event_bytes", "state_dir", "web_port", "metrics_host",
                     "metrics_port", "metrics_interval_s", "log_level")
     sp.set_defaults(func=cmd_worker)

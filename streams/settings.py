@@ -20,7 +20,7 @@ environment variables > defaults.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +50,8 @@ class Settings(BaseSettings):
 
     # Pipeline and processing
     pipeline: str = Field("online_retail", description="Pipeline name (pipelines/NAME.toml) or path to a spec file.")
+    fetcher: Literal["librdkafka", "aiokafka"] = Field(
+        "librdkafka", description="Who fetches the events/labels records: librdkafka (fast) or faust's aiokafka.")
     batch_max: int = Field(5000, ge=1, description="Most records fetched per partition per poll (micro-batch bound).")
     commit_interval_s: float = Field(1.0, gt=0, description="Seconds between offset commits (outputs and state are flushed first).")
     max_event_bytes: int = Field(1_000_000, ge=1, description="Larger records go to the dlq as 'oversized'.")

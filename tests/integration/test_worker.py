@@ -22,10 +22,11 @@ def event(i: int, **over) -> dict:
     return v
 
 
-def produce(settings, values, topic="events") -> None:
+def produce(settings, values, topic="events", keys=None) -> None:
     p = Producer(settings.producer_config())
-    for v in values:
-        p.produce(settings.topic(topic), v if isinstance(v, bytes) else orjson.dumps(v), b"nsw")
+    for i, v in enumerate(values):
+        p.produce(settings.topic(topic), v if isinstance(v, bytes) else orjson.dumps(v),
+                  keys[i] if keys else b"nsw")
     assert p.flush(10) == 0
 
 
