@@ -85,6 +85,14 @@ class WindowSpec:
 # state per (window, entity): [window_start, count, sum, min, max]
 _START, _COUNT, _SUM, _MIN, _MAX = range(5)
 
+_READERS: dict[str, Callable[[list], float]] = {
+    "count": lambda st: float(st[1]),
+    "sum": lambda st: st[2],
+    "mean": lambda st: st[2] / st[1] if st[1] else 0.0,
+    "min": lambda st: st[3] if st[1] else 0.0,
+    "max": lambda st: st[4] if st[1] else 0.0,
+}
+
 
 class Windows:
     """The window features of one partition: update per event, flush per batch."""
@@ -93,53 +101,44 @@ class Windows:
         self.specs = tuple(specs)
         self.names = tuple(n for s in self.specs for n in s.names)
         self.max_cached = max_cached
-        self._cache: dict[str, list[float]] = {}
+        self._cache: dict[str, list] = {}
         self._dirty: set[str] = set()
         self.late = 0
-        self._plan = [(s, s.prefix, s.aggs, s.names) for s in self.specs]
+        self._plan = [(s.key, s.field, s.size_ms, s.prefix,
+                       tuple(zip(s.names, (_READERS[a] for a in s.aggs)))) for s in self.specs]
 
     def update(self, event: Mapping[str, object], ts: int,
                load: Callable[[str], bytes | None]) -> dict[str, float]:
         """Apply one event (in offset order) and return its features."""
         out: dict[str, float] = {}
         cache = self._cache
-        for spec, prefix, aggs, names in self._plan:
-            entity = event.get(spec.key)
-            value = event.get(spec.field)
-            skey = prefix + str(entity)
+        dirty = self._dirty
+        for key_field, field, size, prefix, readers in self._plan:
+            skey = prefix + str(event.get(key_field))
+            start = ts - ts % size
             st = cache.get(skey)
             if st is None:
                 raw = load(skey)
                 st = self.decode(raw) if raw is not None else None
-                if st is not None:
-                    cache[skey] = st
-            start = ts - ts % spec.size_ms
-            if st is None or start > st[_START]:
-                st = [start, 0, 0.0, math.inf, -math.inf]
+                if st is None or start > st[0]:
+                    st = [start, 0, 0.0, math.inf, -math.inf]
                 cache[skey] = st
-            if start < st[_START]:
+            elif start > st[0]:
+                st = cache[skey] = [start, 0, 0.0, math.inf, -math.inf]
+            if start < st[0]:
                 self.late += 1            # beyond the current window: not applied
-            elif isinstance(value, (int, float)):
-                v = float(value)
-                st[_COUNT] += 1
-                st[_SUM] += v
-                if v < st[_MIN]:
-                    st[_MIN] = v
-                if v > st[_MAX]:
-                    st[_MAX] = v
-                self._dirty.add(skey)
-            n = st[_COUNT]
-            for agg, name in zip(aggs, names):
-                if agg == "count":
-                    out[name] = float(n)
-                elif agg == "sum":
-                    out[name] = st[_SUM]
-                elif agg == "mean":
-                    out[name] = st[_SUM] / n if n else 0.0
-                elif agg == "min":
-                    out[name] = st[_MIN] if n else 0.0
-                else:
-                    out[name] = st[_MAX] if n else 0.0
+            else:
+                v = event.get(field)
+                if v is not None:
+                    st[1] += 1
+                    st[2] += v
+                    if v < st[3]:
+                        st[3] = float(v)
+                    if v > st[4]:
+                        st[4] = float(v)
+                    dirty.add(skey)
+            for name, read in readers:
+                out[name] = read(st)
         return out
 
     def flush(self, put: Callable[[str, bytes], None]) -> int:

@@ -56,8 +56,7 @@ class Record(NamedTuple):
     timestamp: int          # Kafka record timestamp, epoch ms
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):
     """A record to publish: logical topic, key, value."""
 
     topic: str              # "predictions" | "dlq"
@@ -134,7 +133,7 @@ class PartitionProcessor:
             now = self.clock()
             pred = orjson.dumps({
                 "event_id": eid, "key": d.key, "ts": d.ts, "features": feats,
-                "latency_ms": round(now * 1000.0 - now_ms, 3) if now_ms else None,
+                "latency_ms": now * 1000.0 - now_ms if now_ms else None,
             })
             self.store.put("p:" + eid, pred)
             out.append(Output("predictions", rec.key, pred))
@@ -156,8 +155,8 @@ class PartitionProcessor:
             "model_version": champion.version,
             "scores": scores,
             **({"features": feats} if feats else {}),
-            "processing_ms": round((now - start) * 1000.0, 3),
-            "latency_ms": round(now * 1000.0 - rec.timestamp, 3) if rec.timestamp else None,
+            "processing_ms": (now - start) * 1000.0,
+            "latency_ms": now * 1000.0 - rec.timestamp if rec.timestamp else None,
         })
         self.store.put("p:" + eid, pred)
         self.store.put("e:" + eid, orjson.dumps({"x": x, "s": scores}))

