@@ -50,6 +50,7 @@ class BatchScorer:
         self.worker_id = f"{os.uname().nodename}-{os.getpid()}"
         #: (logical topic, partition) -> records behind the fetch high watermark
         self.lag: dict[tuple[str, int], int] = {}
+        self.metrics.bind(self)  # lag and state size read at scrape time; build info
 
     @property
     def batch_topics(self) -> frozenset[str]:
@@ -80,6 +81,7 @@ class BatchScorer:
 
     async def handle(self, topic: str, partition: int, records: Sequence[Any], highwater: int | None = None) -> None:
         """Process one partition-batch and publish its outputs (faust's batch handler)."""
+        t0 = time.perf_counter()
         logical = self._logical.get(topic, topic)
         if highwater is not None and records:
             self.lag[(logical, partition)] = max(0, highwater - records[-1].offset - 1)
@@ -95,14 +97,16 @@ class BatchScorer:
                 self.producer.poll(0.1)
                 produce(topics[o.topic], o.value, o.key, partition=partition, on_delivery=cb)
         self.producer.poll(0)
-        self._count(logical, len(records), proc)
+        self._count(logical, len(records), proc, time.perf_counter() - t0)
         if time.monotonic() - self._last_metrics >= self.settings.metrics_interval_s:
             self.publish_metrics()
 
-    def _count(self, logical: str, n: int, proc: PartitionProcessor) -> None:
+    def _count(self, logical: str, n: int, proc: PartitionProcessor, elapsed_s: float = 0.0) -> None:
         m, s = self.metrics, proc.last_stats
         m.events_in.labels(topic=logical).inc(n)
         m.batch_size.observe(n)
+        if s.events:  # receive-to-publish is the batch's time for each of its events
+            m.observe_many(m.processing_latency, elapsed_s, s.events)
         if s.predictions:
             m.predictions.labels(model=proc.models[0].name if proc.models else "features").inc(s.predictions)
         if s.duplicates:
@@ -113,8 +117,8 @@ class BatchScorer:
             m.labels.labels(outcome="pending").inc(s.labels_pending)
         for reason, c in (s.dlq or {}).items():
             m.dlq.labels(reason=reason).inc(c)
-        for lat in s.latencies_s or ():
-            m.e2e_latency.observe(lat)
+        if s.latencies_s:
+            m.observe_batch(m.e2e_latency, s.latencies_s)
 
     def publish_metrics(self) -> None:
         """Publish a JSON snapshot per partition to the metrics topic, and set the gauges."""

@@ -6,20 +6,129 @@ Why one module: names, units and labels are decided once
 ``CollectorRegistry``), and tests build their own. Hot-path code increments
 per micro-batch, not per event.
 
+Three kinds of figures:
+
+* **pushed** by the batch handler (counters and histograms, per batch);
+* **read at scrape time** from the worker once :meth:`Metrics.bind` has been
+  called with its batch handler: consumer lag per partition
+  (``streamscore_consumer_lag_records``) and the size of the RocksDB state per
+  partition (``streamscore_state_estimated_keys``). Nothing is computed
+  between scrapes and nothing is stale: a revoked partition disappears;
+* **process**: ``process_*`` (CPU, RSS, open fds; Linux ``/proc``),
+  ``python_info`` and ``python_gc_*``, and ``streamscore_build_info``
+  (pipeline and version, value 1).
+
+Labelled series that alerts and dashboards rely on are created at zero up
+front (every dlq reason, both input topics, every label outcome, the champion
+model once bound), so ``rate()`` sees the first bad record of a worker's life
+and "no predictions" is a zero, not a missing series.
+
+Several workers on one host: each process serves its own ``/metrics`` and
+needs its own port (``STREAMSCORE_METRICS_PORT`` / ``--metrics-port``, default
+9464; and its own ``STREAMSCORE_WEB_PORT``). In containers every worker is its
+own network host, so all keep 9464 (see ``docker-compose.yml`` and
+``monitoring/README.md``).
+
 >>> m = Metrics()
 >>> m.events_in.labels(topic="events").inc(3)
 >>> m.value("streamscore_worker_events_in_total", topic="events")
 3.0
+>>> m.value("streamscore_worker_dlq_total", reason="malformed_json")
+0.0
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from bisect import bisect_left
+from collections.abc import Sequence
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streams.schemas import Reason
 
 #: Sub-millisecond to 10 s, for processing and end-to-end latencies.
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                      0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+#: Label values created at zero so that alerts see the first increment.
+INPUT_TOPICS = ("events", "labels")
+LABEL_OUTCOMES = ("joined", "pending", "duplicate")
+
+LAG_METRIC = "streamscore_consumer_lag_records"
+STATE_KEYS_METRIC = "streamscore_state_estimated_keys"
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("streamscore")
+    except Exception:  # pragma: no cover - running from a bare source tree
+        return "unknown"
+
+
+class WorkerCollector(Collector):
+    """Scrape-time figures of a bound batch handler (duck-typed).
+
+    The handler needs ``lag``: ``{(logical topic, partition): records}`` and
+    ``processors``: ``{partition: obj}`` where ``obj.store.estimate_keys()``
+    returns RocksDB's key estimate. Only partitions that currently have a
+    processor are reported, so a revoked partition's last lag does not linger.
+    Before :meth:`Metrics.bind` (or with nothing assigned) the families are
+    exposed with no samples.
+    """
+
+    def __init__(self) -> None:
+        self.scorer: Any = None
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def _families(self) -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(LAG_METRIC, "Records between the last consumed offset and the fetch high watermark, "
+                                          "per logical topic and partition (read at scrape time).",
+                              labels=["topic", "partition"]),
+            GaugeMetricFamily(STATE_KEYS_METRIC, "RocksDB estimate of the keys in the state store of a partition "
+                                                 "(rocksdb.estimate-num-keys, read at scrape time).",
+                              labels=["partition"]),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        lag, keys = self._families()
+        scorer = self.scorer
+        if scorer is not None:
+            # dict() / list() copies are single C calls under the GIL: safe against the event loop thread
+            processors = dict(getattr(scorer, "processors", None) or {})
+            for (topic, partition), value in sorted(dict(getattr(scorer, "lag", None) or {}).items()):
+                if partition in processors:
+                    lag.add_metric([str(topic), str(partition)], float(value))
+            for partition, proc in sorted(processors.items()):
+                store = getattr(proc, "store", None)
+                try:
+                    n = store.estimate_keys() if store is not None else None
+                except Exception:  # a store closed under our feet: skip it this scrape
+                    n = None
+                if n is not None:
+                    keys.add_metric([str(partition)], float(n))
+        yield lag
+        yield keys
 
 
 class Metrics:
@@ -51,10 +160,103 @@ class Metrics:
         self.model_metric = Gauge("streamscore_model_prequential",
                                   "Prequential metric of a model on one partition.",
                                   ["model", "metric", "partition"], registry=r)
+        self.build_info = Info("streamscore_build", "Pipeline and streamscore version of this worker (value 1).",
+                               registry=r)
+        self.worker = WorkerCollector()
+        r.register(self.worker)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        for topic in INPUT_TOPICS:
+            self.events_in.labels(topic=topic)
+        for reason in Reason:
+            self.dlq.labels(reason=reason.value)
+        for outcome in LABEL_OUTCOMES:
+            self.labels.labels(outcome=outcome)
+
+    def bind(self, scorer: Any) -> None:
+        """Read lag and state size from ``scorer`` at every scrape; set the build info.
+
+        ``scorer`` is duck-typed (a :class:`~streams.agents.BatchScorer`):
+        ``lag``, ``processors[p].store.estimate_keys()``, and optionally
+        ``spec.name`` / ``spec.models[0].name`` (build info and the champion's
+        predictions series, created at zero; ``features`` for a pipeline
+        without models). Binding again replaces the source.
+        """
+        self.worker.scorer = scorer
+        spec = getattr(scorer, "spec", None)
+        self.set_build_info(str(getattr(spec, "name", "") or ""))
+        if spec is not None:  # the label BatchScorer counts predictions under
+            models = getattr(spec, "models", None) or ()
+            self.predictions.labels(model=str(models[0].name) if models else "features")
+
+    def set_build_info(self, pipeline: str, version: str | None = None) -> None:
+        self.build_info.info({"pipeline": pipeline, "version": version or _version()})
+
+    @staticmethod
+    def observe_many(histogram: Histogram, amount: float, n: int) -> None:
+        """``n`` observations of the same ``amount`` in O(buckets), not O(n).
+
+        For per-event figures that are the same for every event of a batch
+        (a batch's receive-to-publish time): one call per batch on the hot path.
+        """
+        if n <= 0:
+            return
+        buckets = getattr(histogram, "_buckets", None)
+        bounds = getattr(histogram, "_upper_bounds", None)
+        total = getattr(histogram, "_sum", None)
+        if buckets is None or bounds is None or total is None:  # pragma: no cover - other client versions
+            for _ in range(n):
+                histogram.observe(amount)
+            return
+        total.inc(amount * n)
+        for i, bound in enumerate(bounds):
+            if amount <= bound:
+                buckets[i].inc(n)
+                break
+
+    @staticmethod
+    def observe_batch(histogram: Histogram, values: Sequence[float]) -> None:
+        """Observe many values with one bucket search per value and one ``inc`` per bucket.
+
+        ``Histogram.observe`` takes a lock and walks the buckets per call (~1 µs);
+        a micro-batch of thousands of end-to-end latencies is counted here instead.
+        """
+        buckets = getattr(histogram, "_buckets", None)
+        bounds = getattr(histogram, "_upper_bounds", None)
+        total = getattr(histogram, "_sum", None)
+        if buckets is None or bounds is None or total is None:  # pragma: no cover - other client versions
+            for v in values:
+                histogram.observe(v)
+            return
+        counts = [0] * len(bounds)
+        for v in values:
+            counts[bisect_left(bounds, v)] += 1
+        total.inc(sum(values))
+        for i, c in enumerate(counts):
+            if c:
+                buckets[i].inc(c)
 
     def value(self, name: str, **labels: str) -> float | None:
         """Current value of a sample (tests and reports)."""
         return self.registry.get_sample_value(name, labels)
+
+    def names(self) -> set[str]:
+        """Every sample name this registry can expose (``_total``, ``_bucket``, ... included)."""
+        suffixes = {
+            "counter": ("_total", "_created"),
+            "histogram": ("_bucket", "_sum", "_count", "_created"),
+            "summary": ("", "_sum", "_count", "_created"),
+            "info": ("_info",),
+            "stateset": ("",),
+            "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+        }
+        out: set[str] = set()
+        for family in self.registry.collect():
+            for suffix in suffixes.get(family.type, ("",)):
+                out.add(family.name + suffix)
+            out.update(s.name for s in family.samples)
+        return out
 
     def serve(self, host: str, port: int) -> None:
         """Serve ``/metrics`` on ``host:port`` (0 disables)."""
