@@ -1,7 +1,12 @@
 """Prequential (test-then-train) metrics of a binary classifier.
 
-Why River's metrics: they are the reference the replay tests compare with
-(``river.evaluate.progressive_val_score``), and they update in O(1).
+Why River's metrics for accuracy and log loss: they are the reference the
+replay tests compare with (``river.evaluate.progressive_val_score``), and they
+update in O(1). ROC AUC is :class:`BinnedROCAUC` instead of River's
+``ROCAUC``: River's updates ten confusion matrices per label (~10 µs, a third
+of a label's cost on the hot path) and still approximates the curve with ten
+thresholds; a histogram of scores per class updates in O(1) and gives the
+Mann-Whitney AUC with ties inside a bin counted as half.
 
 >>> p = Prequential()
 >>> p.update(1, 0.9); p.update(0, 0.2); p.update(1, 0.4)
@@ -14,6 +19,45 @@ from __future__ import annotations
 from river import metrics
 
 
+class BinnedROCAUC:
+    """ROC AUC of scores in [0, 1] from per-class histograms.
+
+    Exact (the Mann-Whitney statistic) when no two scores of different classes
+    share one of the ``bins`` equal-width bins; otherwise such pairs count as
+    half, an error of at most their share of all pairs.
+
+    >>> auc = BinnedROCAUC()
+    >>> for y, p in [(1, 0.9), (0, 0.1), (1, 0.35), (0, 0.4)]:
+    ...     auc.update(y, p)
+    >>> auc.get()
+    0.75
+    """
+
+    def __init__(self, bins: int = 4096) -> None:
+        self.bins = bins
+        self.pos = [0] * bins
+        self.neg = [0] * bins
+
+    def update(self, y: bool | int, p_true: float) -> None:
+        i = int(p_true * self.bins)
+        i = 0 if i < 0 else (self.bins - 1 if i >= self.bins else i)
+        if y:
+            self.pos[i] += 1
+        else:
+            self.neg[i] += 1
+
+    def get(self) -> float:
+        n_pos, n_neg = sum(self.pos), sum(self.neg)
+        if not n_pos or not n_neg:
+            return 0.0          # undefined with one class: River's ROCAUC also reports 0
+        area, neg_below = 0.0, 0
+        for p, n in zip(self.pos, self.neg):
+            if p:
+                area += p * (neg_below + 0.5 * n)
+            neg_below += n
+        return area / (n_pos * n_neg)
+
+
 class Prequential:
     """Accuracy, log loss and ROC AUC of probabilities scored before learning."""
 
@@ -21,14 +65,14 @@ class Prequential:
         self.threshold = threshold
         self.accuracy = metrics.Accuracy()
         self.log_loss = metrics.LogLoss()
-        self.roc_auc = metrics.ROCAUC()
+        self.roc_auc = BinnedROCAUC()
         self.n = 0
 
     def update(self, y: bool | int, p_true: float) -> None:
         y = bool(y)
         self.accuracy.update(y, p_true > self.threshold)  # a tie is class 0, as River's argmax
         self.log_loss.update(y, {True: p_true, False: 1.0 - p_true})
-        self.roc_auc.update(y, {True: p_true, False: 1.0 - p_true})
+        self.roc_auc.update(y, p_true)
         self.n += 1
 
     def get(self) -> dict[str, float]:

@@ -174,23 +174,26 @@ class PartitionProcessor:
     def _label(self, d: Decoded, rec: Any, topic: str, out: list[Output], stats: BatchStats) -> None:
         eid = d.event_id
         assert d.y is not None
-        if self.store.get("y:" + eid) is not None or self.store.get("l:" + eid) is not None:
+        store = self.store
+        stored = store.get("e:" + eid)          # the common case: one lookup
+        if stored is not None:
+            doc = orjson.loads(stored)
+            self._learn(eid, doc["x"], doc["s"], d.y)
+            stats.labels_joined += 1
+            return
+        if store.get("y:" + eid) is not None or store.get("l:" + eid) is not None:
             self._dlq(Reason.DUPLICATE_LABEL.value, f"event {eid!r} already has a label", topic, rec, out,
                       stats, eid)
             return
-        stored = self.store.get("e:" + eid)
-        if stored is None:
-            self.store.put("l:" + eid, orjson.dumps({"y": d.y, "ts": d.ts}))
-            stats.labels_pending += 1
-            return
-        doc = orjson.loads(stored)
-        self._learn(eid, doc["x"], doc["s"], d.y)
-        stats.labels_joined += 1
+        store.put("l:" + eid, orjson.dumps({"y": d.y, "ts": d.ts}))
+        stats.labels_pending += 1
 
     def _learn(self, eid: str, x: dict[str, Any], scores: dict[str, float], y: float) -> None:
         for m in self.models:
             self.prequential[m.name].update(y, scores[m.name])
             m.learn_one(x, y)
+        # the feature snapshot has served its purpose: keep only a small "labelled" marker
+        self.store.delete("e:" + eid)
         self.store.put("y:" + eid, b"1")
 
     # -- dead letters ---------------------------------------------------------
