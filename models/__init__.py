@@ -11,8 +11,8 @@ unit-tested, replayed offline and compared with ``river.evaluate``.
 """
 
 from models.base import Classifier, ModelSpec
-from models.evaluate import Prequential
+from models.evaluate import Prequential, merge as merge_prequential
 from models.online import OnlineModel
 from models.registry import REGISTRY, build_model
 
-__all__ = ["Classifier", "ModelSpec", "OnlineModel", "Prequential", "REGISTRY", "build_model"]
+__all__ = ["Classifier", "ModelSpec", "OnlineModel", "Prequential", "REGISTRY", "merge_prequential", "build_model"]

@@ -82,3 +82,39 @@ class Prequential:
             "log_loss": float(self.log_loss.get()),
             "roc_auc": float(self.roc_auc.get()),
         }
+
+    def state(self) -> dict[str, object]:
+        """Plain data from which several partitions' figures merge exactly (see :func:`merge`)."""
+        return {
+            **self.get(),
+            "auc_pos": {str(i): c for i, c in enumerate(self.roc_auc.pos) if c},   # JSON: string keys
+            "auc_neg": {str(i): c for i, c in enumerate(self.roc_auc.neg) if c},
+        }
+
+
+def merge(states: list[dict]) -> dict[str, float]:
+    """Merge :meth:`Prequential.state` of several partitions into global figures.
+
+    Accuracy and log loss are means weighted by ``n``; ROC AUC is read from
+    the summed histograms, so it is the AUC over all partitions' labels.
+
+    >>> a, b = Prequential(), Prequential()
+    >>> a.update(1, 0.9); b.update(0, 0.2); b.update(1, 0.1)
+    >>> m = merge([a.state(), b.state()])
+    >>> m["n"], round(m["accuracy"], 3), m["roc_auc"]
+    (3, 0.667, 0.5)
+    """
+    n = sum(int(s["n"]) for s in states)
+    auc = BinnedROCAUC()
+    for s in states:
+        for key, hist in (("auc_pos", auc.pos), ("auc_neg", auc.neg)):
+            for i, c in dict(s.get(key, {})).items():  # type: ignore[arg-type]
+                hist[int(i)] += int(c)
+    if not n:
+        return {"n": 0, "accuracy": 0.0, "log_loss": 0.0, "roc_auc": 0.0}
+    return {
+        "n": n,
+        "accuracy": sum(float(s["accuracy"]) * int(s["n"]) for s in states) / n,
+        "log_loss": sum(float(s["log_loss"]) * int(s["n"]) for s in states) / n,
+        "roc_auc": auc.get(),
+    }

@@ -27,9 +27,10 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from models import Prequential
+from models import Prequential, merge_prequential
 from streams.broker import EmbeddedBroker, create_topics, free_port
 from streams.datasets import convert
+from streams.metrics import histogram_quantile, scrape, total
 from streams.replay import count_records, open_stream, replay
 from streams.settings import Settings
 from streams.spec import PipelineSpec, load_spec
@@ -83,6 +84,17 @@ def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], log_path: Path
                 return
         time.sleep(0.2)
     raise TimeoutError(f"worker not assigned any partition within {timeout}s; see {log_path}")
+
+
+def wait_consumed(settings: Settings, n_records: int, timeout: float = 60.0) -> dict[str, Any]:
+    """Scrape the worker until it has consumed ``n_records`` (events and labels); the last scrape."""
+    url = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(url)
+        if total(samples, "streamscore_worker_events_in_total") >= n_records or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.2)
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
@@ -247,38 +259,53 @@ def run_demo(pipeline: str = "online_retail", *, report_path: Path = Path("repor
                         raise replay_error[0]
             th.join()
             t_end = time.monotonic()
-            time.sleep(settings.metrics_interval_s + 0.5)  # one more metrics snapshot
-            reader.poll(0.5)
+            samples = wait_consumed(settings, n_records)    # labels trail the last event
         finally:
-            stop_worker(worker)
+            stop_worker(worker)           # its last act publishes a final metrics snapshot
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not reader.metrics:
+                reader.poll(0.5)
             reader.poll(0.5)
             reader.close()
 
-    lat = [p["latency_ms"] for p in reader.predictions.values() if p.get("latency_ms") is not None]
-    proc = [p["processing_ms"] for p in reader.predictions.values()]
-    models, rolling, unmatched = prequential_report(stream_path, spec, reader.predictions, limit=limit)
+    models_published, rolling, unmatched = prequential_report(stream_path, spec, reader.predictions, limit=limit)
+    latest: dict[int, dict[str, Any]] = {}
+    for snap in reader.metrics.values():           # newest snapshot per partition
+        if snap["partition"] not in latest or snap["ts"] > latest[snap["partition"]]["ts"]:
+            latest[snap["partition"]] = snap
+    models = {m.name: merge_prequential([s["models"][m.name] for s in latest.values() if m.name in s["models"]])
+              for m in spec.models}
     busy = (max(reader.pred_times) - min(reader.pred_times)) if len(reader.pred_times) > 1 else 0.0
-    dlq_reasons: dict[str, int] = {}
-    for d in reader.dlq:
-        dlq_reasons[d["reason"]] = dlq_reasons.get(d["reason"], 0) + 1
+    dlq_reasons = {labels["reason"]: int(v) for labels, v in samples.get("streamscore_worker_dlq_total", ()) if v}
+    n_pred = int(total(samples, "streamscore_worker_predictions_total"))
+
+    def ms(q: float, name: str) -> float | None:
+        v = histogram_quantile(q, samples, name)
+        return None if v is None else round(v * 1000.0, 3)
+
     report: dict[str, Any] = {
         "pipeline": spec.name,
         "stream": str(stream_path),
         "records_replayed": n_records,
         "events": n_events,
-        "predictions": len(reader.predictions),
-        "duplicate_predictions": reader.duplicates,
-        "dlq": len(reader.dlq),
+        "predictions": n_pred,
+        "dlq": int(total(samples, "streamscore_worker_dlq_total")),
         "dlq_reasons": dlq_reasons,
-        "events_per_s": round(len(reader.predictions) / busy, 1) if busy else None,
+        "events_per_s": round(n_pred / busy, 1) if busy else None,
         "wall_s": round(t_end - t_replay, 2),
-        "latency_p50_ms": _percentile(lat, 50),
-        "latency_p99_ms": _percentile(lat, 99),
-        "processing_p50_ms": _percentile(proc, 50),
-        "processing_p99_ms": _percentile(proc, 99),
-        "labels_without_prediction": unmatched,
+        "latency_p50_ms": ms(0.50, "streamscore_worker_end_to_end_latency_seconds"),
+        "latency_p99_ms": ms(0.99, "streamscore_worker_end_to_end_latency_seconds"),
+        "processing_p50_ms": ms(0.50, "streamscore_worker_processing_latency_seconds"),
+        "processing_p99_ms": ms(0.99, "streamscore_worker_processing_latency_seconds"),
         "models": models,
-        "worker_metrics": list(reader.metrics.values()),
+        "source": "worker /metrics (counts, latency histograms) and metrics topic (prequential, merged over partitions)",
+        "read_back": {                             # what was actually published, as a cross-check
+            "predictions": len(reader.predictions),
+            "duplicate_predictions": reader.duplicates,
+            "dlq": len(reader.dlq),
+            "labels_without_prediction": unmatched,
+            "models": models_published,
+        },
         "plot": str(plot_path),
         "total_s": round(time.monotonic() - t_start, 1),
     }
@@ -321,13 +348,13 @@ def format_report(r: dict[str, Any]) -> str:
         "",
         f"=== streamscore report: {r['pipeline']} ===",
         f"events in           {f(r['events'])}",
-        f"predictions out     {f(r['predictions'])}   (redelivered duplicates: {r['duplicate_predictions']})",
+        f"predictions out     {f(r['predictions'])}   (read back from the topic: {f(r['read_back']['predictions'])})",
         f"dead letters        {f(r['dlq'])}   {r['dlq_reasons'] or ''}",
         f"throughput          {f(r['events_per_s'], 0)} events/s while scoring",
         f"end-to-end latency  p50 {f(r['latency_p50_ms'])} ms   p99 {f(r['latency_p99_ms'])} ms"
         "   (replayed as fast as possible: includes queueing)",
         f"processing latency  p50 {f(r['processing_p50_ms'])} ms   p99 {f(r['processing_p99_ms'])} ms",
-        "prequential (test-then-train, score made before the label was known):",
+        "prequential (test-then-train, score made before the label was known; worker metrics, all partitions):",
     ]
     for name, m in r["models"].items():
         lines.append(f"  {name:<16} n={f(m['n'])}  accuracy {f(m['accuracy'], 4)}  log loss {f(m['log_loss'], 4)}"

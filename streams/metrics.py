@@ -262,3 +262,52 @@ class Metrics:
         """Serve ``/metrics`` on ``host:port`` (0 disables)."""
         if port:
             start_http_server(port, addr=host, registry=self.registry)
+
+
+def scrape(url: str, timeout: float = 2.0) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Samples of a ``/metrics`` endpoint: ``{sample name: [(labels, value), ...]}``."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=timeout).read().decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    return out
+
+
+def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **match: str) -> float:
+    """Sum of a sample over the label sets that match ``match``."""
+    return sum(v for labels, v in samples.get(name, ()) if all(labels.get(k) == x for k, x in match.items()))
+
+
+def histogram_quantile(q: float, samples: dict[str, list[tuple[dict[str, str], float]]],
+                       name: str) -> float | None:
+    """Prometheus's ``histogram_quantile`` over one histogram's ``_bucket`` samples (linear in a bucket).
+
+    >>> s = {"h_bucket": [({"le": "0.1"}, 50.0), ({"le": "0.2"}, 100.0), ({"le": "+Inf"}, 100.0)]}
+    >>> round(histogram_quantile(0.75, s, "h"), 6)
+    0.15
+    """
+    buckets: dict[float, float] = {}
+    for labels, v in samples.get(name + "_bucket", ()):
+        le = float(labels["le"])
+        buckets[le] = buckets.get(le, 0.0) + v
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    count = buckets[bounds[-1]]
+    if count == 0:
+        return None
+    rank = q * count
+    prev_bound, prev_count = 0.0, 0.0
+    for b in bounds:
+        c = buckets[b]
+        if c >= rank:
+            if b == float("inf"):
+                return prev_bound
+            return prev_bound + (b - prev_bound) * ((rank - prev_count) / (c - prev_count) if c > prev_count else 0.0)
+        prev_bound, prev_count = b, c
+    return bounds[-2] if len(bounds) > 1 else None

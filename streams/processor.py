@@ -209,7 +209,7 @@ class PartitionProcessor:
         """Plain-data figures of this partition (for the metrics topic)."""
         return {
             "partition": self.partition,
-            "models": {m.name: {"version": m.version, **self.prequential[m.name].get()} for m in self.models},
+            "models": {m.name: {"version": m.version, **self.prequential[m.name].state()} for m in self.models},
         "late_events": self.windows.late if self.windows is not None else 0,
         }
 
