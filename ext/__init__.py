@@ -43,6 +43,60 @@ API
     every pair) persist and restore a window; windows also pickle/copy (same
     state).  Windows are not thread-safe: do not share one across threads.
 
+``TumblingTable(size_ms)``
+    Tumbling-window aggregates for many entities, keyed by ``str``
+    (``size_ms >= 1``).  Per key it holds ``(start, count, sum, min, max)``
+    (int64, int64, three doubles; an empty window is ``(start, 0, 0.0, +inf,
+    -inf)``).  The window of ``ts`` starts at ``ts - floor_mod(ts, size_ms)``
+    (``floor_mod`` in ``[0, size_ms)``, like Python's ``%``), so negative
+    timestamps fall in the window below them (``ts=-1, size_ms=10`` -> start
+    ``-10``); a batch with a timestamp whose window start would be below the
+    int64 range (only ``ts < -2**63 + size_ms`` can be) raises ``ValueError``
+    and changes nothing.
+
+    ``update_many(keys, ts, values, has_value) -> ndarray (n, 5)``: ``keys``
+    a sequence of ``str`` (UTF-8 encodable), ``ts`` int64, ``values`` float64,
+    ``has_value`` bool arrays of the same length.  For each row ``i``, in
+    order::
+
+        if key has no state or start > state.start:
+            state = (start, 0, 0.0, +inf, -inf); mark key dirty
+        if start < state.start: late += 1           # LATE: row not applied
+        elif has_value[i]:
+            count += 1; sum = sum + value
+            if value < min: min = value
+            if value > max: max = value
+            mark key dirty
+        out[i] = [count, sum, sum / count, min, max]  (mean/min/max 0.0 if count == 0)
+
+    Values must not be NaN (callers reject them upstream; a NaN would poison
+    ``sum`` but never ``min``/``max``, identically in both backends).  A key
+    unknown to the table starts a fresh window, so load its stored state
+    first: ``missing(keys) -> list[str]`` gives the distinct keys (first-seen
+    order, the caller's str objects) without state, and ``load(key, start,
+    count, sum, min, max)`` installs one (not dirty; ``0 <= count <= 2**53``;
+    with ``count == 0`` min/max are set to +inf/-inf; ``ValueError`` if the key
+    already has state).  ``take_dirty() -> [(key, start, count, sum, min,
+    max), ...]`` returns every dirty key's state in first-dirtied order and
+    clears the dirty set (write these to the store).  ``clear()`` drops all
+    state (cache eviction) and raises ``RuntimeError`` while dirty keys have
+    not been taken.  ``late`` (rows not applied, cumulative, kept by
+    ``clear()``), ``size_ms`` and ``len(table)`` (keys held) are read-only.
+    A ``take_dirty`` / ``clear`` / ``missing`` + ``load`` round trip continues
+    bit-for-bit like an uninterrupted table.  The native ``update_many`` and
+    ``missing`` release the GIL for large batches; tables are not thread-safe
+    (the native one raises ``RuntimeError`` if used by two threads at once).
+
+    >>> import numpy as np
+    >>> t = TumblingTable(10)
+    >>> t.update_many(["a", "a", "b", "a"], np.array([3, 7, 5, 12]),
+    ...               np.array([1.0, 3.0, 4.0, 6.0]), np.array([True, True, False, True])).tolist()
+    [[1.0, 1.0, 1.0, 1.0, 1.0], [2.0, 4.0, 2.0, 1.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 6.0, 6.0, 6.0, 6.0]]
+    >>> t.update_many(["a"], np.array([9]), np.array([5.0]), np.array([True])).tolist(), t.late
+    ([[1.0, 6.0, 6.0, 6.0, 6.0]], 1)
+    >>> t.take_dirty()
+    [('a', 10, 1, 6.0, 6.0, 6.0), ('b', 0, 0, 0.0, inf, -inf)]
+
 Numerical definition (why native and reference are bit-identical)
 -----------------------------------------------------------------
 Sums are *not* maintained by "add on enter, subtract on exit": subtraction
@@ -67,7 +121,8 @@ so ``from_state(size_ms, *w.state())`` continues bit-for-bit like ``w``.
 The operation sequence above *is* the specification: the C++ core (built with
 ``-ffp-contract=off``, no fast-math) and ``ext/_reference.py`` execute the
 same IEEE-754 double operations in the same order, so all outputs - hashes
-and floats, including signed zeros and infinities - are bit-identical between
+and floats (TumblingTable: plain ``sum + value`` in row order and ``sum /
+count``), including signed zeros and infinities - are bit-identical between
 backends, and NaN appears in exactly the same places (the sign/payload bits of
 a NaN are not specified: IEEE-754 leaves their propagation open and compilers
 may swap the operands of + and *).  The tests compare results bit for bit.
@@ -80,7 +135,14 @@ import os
 import warnings
 from types import ModuleType
 
-__all__ = ["NATIVE", "SlidingWindow", "backend_name", "hash_string", "hash_strings"]
+__all__ = [
+    "NATIVE",
+    "SlidingWindow",
+    "TumblingTable",
+    "backend_name",
+    "hash_string",
+    "hash_strings",
+]
 
 _TRUTHY = frozenset({"1", "true", "yes", "on"})
 
@@ -131,6 +193,7 @@ NATIVE: bool = _backend.__name__ == "ext._native"
 hash_string = _backend.hash_string
 hash_strings = _backend.hash_strings
 SlidingWindow = _backend.SlidingWindow
+TumblingTable = _backend.TumblingTable
 
 
 def backend_name() -> str:

@@ -72,3 +72,45 @@ class SlidingWindow:
     def __getstate__(self) -> tuple[int, list[int], list[float]]: ...
     def __setstate__(self, arg: tuple[int, Sequence[int], Sequence[float]], /) -> None: ...
     def __repr__(self) -> str: ...
+
+class TumblingTable:
+    """Tumbling-window [count, sum, min, max] per key; see ext/__init__.py."""
+
+    def __init__(self, size_ms: int) -> None: ...
+    def update_many(
+        self,
+        keys: Sequence[str],
+        ts: Annotated[
+            NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+        values: Annotated[
+            NDArray[numpy.float64], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+        has_value: Annotated[
+            NDArray[numpy.bool_], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+    ) -> Annotated[NDArray[numpy.float64], dict(shape=(None, None))]:
+        """
+        Apply every row in order; returns an (n, 5) float64 array of [count, sum, mean, min, max] of the row's key after each row.
+        """
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        """Distinct keys (first-seen order) that have no state in the table."""
+
+    def load(self, key: str, start: int, count: int, sum: float, min: float, max: float) -> None:
+        """Install a key's state read from the store (not marked dirty)."""
+
+    def take_dirty(self) -> list[tuple[str, int, int, float, float, float]]:
+        """
+        (key, start, count, sum, min, max) of every dirty key, in first-dirtied order; clears the dirty set.
+        """
+
+    def clear(self) -> None:
+        """Drop all held state; raises RuntimeError if dirty keys were not taken."""
+
+    @property
+    def size_ms(self) -> int: ...
+    @property
+    def late(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __repr__(self) -> str: ...

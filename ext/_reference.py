@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["SlidingWindow", "hash_string", "hash_strings"]
+__all__ = ["SlidingWindow", "TumblingTable", "hash_string", "hash_strings"]
 
 _FNV_OFFSET_BASIS = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
@@ -29,6 +29,9 @@ _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
 _NAN = math.nan
 _STATS_WIDTH = 6
+_TUMBLING_WIDTH = 5
+_MAX_LOADED_COUNT = 1 << 53
+_INF = math.inf
 
 
 # -- argument conversion (mirrors what the nanobind binding accepts) ---------
@@ -399,3 +402,180 @@ class SlidingWindow:
             self._clear_front()
         else:
             self._f_head = h
+
+
+# -- tumbling windows per key --------------------------------------------------
+
+
+def _is_sequence(x: Any) -> bool:
+    """Like PySequence_Check (what nanobind's ``Sequence`` argument requires):
+    the type defines ``__getitem__`` and is not a dict."""
+    return not isinstance(x, dict) and hasattr(type(x), "__getitem__")
+
+
+def _key_list(keys: Any, fn: str) -> list[str]:
+    """A private list of the keys; every key must be a str encodable as UTF-8
+    (the native table keys on the UTF-8 bytes).  Errors name the first bad
+    key, in row order, exactly like the binding."""
+    if isinstance(keys, str):
+        raise TypeError(f"{fn}(): keys must be a sequence of str, not a str")
+    if not _is_sequence(keys):
+        raise TypeError(f"{fn}(): keys must be a sequence of str, not {type(keys).__name__}")
+    items = list(keys)
+    try:
+        # Fast path: one join + encode validates every key at once.
+        "".join(items).encode("utf-8")
+    except (TypeError, UnicodeEncodeError):
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise TypeError(
+                    f"{fn}(): keys[{i}] is not a str (got {type(item).__name__})"
+                ) from None
+            item.encode("utf-8")
+        raise
+    return items
+
+
+class TumblingTable:
+    """Tumbling-window [count, sum, min, max] per key (see ext/__init__.py).
+
+    Transcription of the C++ ``TumblingTable``: per key a state list
+    ``[start, count, sum, min, max]`` (insertion-ordered dict), and a dict of
+    dirty keys in first-dirtied order.  Not thread-safe.
+    """
+
+    __slots__ = ("_size_ms", "_state", "_dirty", "_late")
+
+    def __init__(self, size_ms: int) -> None:
+        size_ms = _as_int64(size_ms, "size_ms")
+        if size_ms < 1:
+            raise ValueError(f"size_ms must be >= 1, got {size_ms}")
+        self._size_ms = size_ms
+        self._state: dict[str, list[Any]] = {}
+        self._dirty: dict[str, None] = {}
+        self._late = 0
+
+    @property
+    def size_ms(self) -> int:
+        return self._size_ms
+
+    @property
+    def late(self) -> int:
+        return self._late
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __repr__(self) -> str:
+        return (
+            f"TumblingTable(size_ms={self._size_ms}, keys={len(self._state)}, "
+            f"dirty={len(self._dirty)}, late={self._late})"
+        )
+
+    def update_many(
+        self,
+        keys: Sequence[str],
+        ts: npt.ArrayLike,
+        values: npt.ArrayLike,
+        has_value: npt.ArrayLike,
+    ) -> npt.NDArray[np.float64]:
+        """Apply every row in order; returns an (n, 5) float64 array of
+        [count, sum, mean, min, max] of the row's key after each row."""
+        ts_arr = _as_1d_array(ts, np.int64, "ts")
+        val_arr = _as_1d_array(values, np.float64, "values")
+        hv_arr = _as_1d_array(has_value, np.bool_, "has_value")
+        key_list = _key_list(keys, "update_many")
+        n = len(key_list)
+        if ts_arr.shape[0] != n or val_arr.shape[0] != n or hv_arr.shape[0] != n:
+            raise ValueError(
+                "update_many(): keys, ts, values and has_value must have the same length, "
+                f"got {n}, {ts_arr.shape[0]}, {val_arr.shape[0]} and {hv_arr.shape[0]}"
+            )
+        ts_list = ts_arr.tolist()
+        size = self._size_ms
+        # window start = ts - floor_mod(ts, size) (Python's % is a floor modulo
+        # for size > 0); it can leave the int64 range only if ts < INT64_MIN + size.
+        if ts_list and min(ts_list) < _I64_MIN + size:
+            for i, t in enumerate(ts_list):
+                if t - t % size < _I64_MIN:
+                    raise ValueError(
+                        f"update_many(): ts[{i}]={t} has a window start below the int64 range"
+                    )
+        state = self._state
+        dirty = self._dirty
+        late = 0
+        rows: list[tuple[float, float, float, float, float]] = []
+        append = rows.append
+        for key, t, v, hv in zip(key_list, ts_list, val_arr.tolist(), hv_arr.tolist()):
+            start = t - t % size
+            st = state.get(key)
+            if st is None or start > st[0]:
+                st = state[key] = [start, 0, 0.0, _INF, -_INF]
+                dirty[key] = None
+            if start < st[0]:
+                late += 1
+            elif hv:
+                st[1] += 1
+                st[2] = st[2] + v
+                if v < st[3]:
+                    st[3] = v
+                if v > st[4]:
+                    st[4] = v
+                dirty[key] = None
+            count = st[1]
+            if count != 0:
+                c = float(count)
+                s = st[2]
+                append((c, s, s / c, st[3], st[4]))
+            else:
+                append((0.0, st[2], 0.0, 0.0, 0.0))
+        self._late += late
+        return np.array(rows, dtype=np.float64).reshape(n, _TUMBLING_WIDTH)
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        """Distinct keys (first-seen order) that have no state in the table."""
+        key_list = _key_list(keys, "missing")
+        state = self._state
+        seen: set[str] = set()
+        out: list[str] = []
+        for key in key_list:
+            if key not in state and key not in seen:
+                seen.add(key)
+                out.append(key)
+        return out
+
+    def load(self, key: str, start: int, count: int, sum: float, min: float, max: float) -> None:  # noqa: A002
+        """Install a key's state read from the store (not marked dirty)."""
+        if not isinstance(key, str):
+            raise TypeError(f"load(): key must be a str, not {type(key).__name__}")
+        start = _as_int64(start, "start")
+        count = _as_int64(count, "count")
+        sum_ = _as_double(sum, "sum")
+        min_ = _as_double(min, "min")
+        max_ = _as_double(max, "max")
+        key.encode("utf-8")
+        if not 0 <= count <= _MAX_LOADED_COUNT:
+            raise ValueError(f"load(): count must be in [0, 2**53], got {count}")
+        if key in self._state:
+            raise ValueError(
+                f"load(): key {key!r} already has state; load only keys returned by missing()"
+            )
+        if count == 0:
+            min_, max_ = _INF, -_INF
+        self._state[key] = [start, count, sum_, min_, max_]
+
+    def take_dirty(self) -> list[tuple[str, int, int, float, float, float]]:
+        """(key, start, count, sum, min, max) of every dirty key, in
+        first-dirtied order; clears the dirty set."""
+        state = self._state
+        out = [(key, *state[key]) for key in self._dirty]
+        self._dirty = {}
+        return out  # type: ignore[return-value]
+
+    def clear(self) -> None:
+        """Drop all held state; raises RuntimeError if dirty keys were not taken."""
+        if self._dirty:
+            raise RuntimeError(
+                f"clear(): {len(self._dirty)} dirty key(s) not taken; call take_dirty() first"
+            )
+        self._state = {}

@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -36,6 +37,7 @@ using I64Array = nb::ndarray<nb::numpy, std::int64_t, nb::ndim<1>>;
 using F64Matrix = nb::ndarray<nb::numpy, double, nb::ndim<2>>;
 using I64In = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using F64In = nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using BoolIn = nb::ndarray<const bool, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 // UTF-8 view of a str; raises UnicodeEncodeError (e.g. lone surrogates) like
 // str.encode("utf-8") does.  The view lives as long as the str object.
@@ -143,6 +145,160 @@ void pickle_setstate(k::SlidingWindow &w, const PickleState &st) {
     new (&w) k::SlidingWindow(from_state(std::get<0>(st), std::get<1>(st), std::get<2>(st)));
 }
 
+// -- TumblingTable -------------------------------------------------------------
+
+// The table plus a flag set while a call is using it.  update_many and
+// missing release the GIL, so another Python thread could otherwise mutate the
+// table underneath them; with the flag that thread gets a RuntimeError instead
+// of undefined behaviour.  (The flag is only read and written with the GIL held.)
+struct TumblingTableObj {
+    k::TumblingTable table;
+    bool busy = false;
+    explicit TumblingTableObj(std::int64_t size_ms) : table(size_ms) {}
+};
+
+void check_idle(const TumblingTableObj &self) {
+    if (self.busy) {
+        throw std::runtime_error(
+            "TumblingTable is in use by another thread (tables are not thread-safe)");
+    }
+}
+
+class BusyGuard {
+public:
+    explicit BusyGuard(TumblingTableObj &self) : self_(self) {
+        check_idle(self);
+        self_.busy = true;
+    }
+    ~BusyGuard() { self_.busy = false; }
+    BusyGuard(const BusyGuard &) = delete;
+    BusyGuard &operator=(const BusyGuard &) = delete;
+
+private:
+    TumblingTableObj &self_;
+};
+
+// UTF-8 views of a sequence of str.  `items` is a private list that keeps
+// every str (and so every view) alive while the GIL is released.
+struct KeyViews {
+    nb::list items;
+    std::vector<std::string_view> views;
+};
+
+KeyViews key_views(nb::handle keys, const char *fn) {
+    if (PyUnicode_Check(keys.ptr())) {
+        throw nb::type_error((std::string(fn) + "(): keys must be a sequence of str, not a str").c_str());
+    }
+    KeyViews kv;
+    kv.items = nb::steal<nb::list>(PySequence_List(keys.ptr()));
+    if (!kv.items.is_valid()) throw nb::python_error();
+    const std::size_t n = kv.items.size();
+    kv.views.resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        nb::handle item = kv.items[i];
+        if (!PyUnicode_Check(item.ptr())) {
+            throw nb::type_error((std::string(fn) + "(): keys[" + std::to_string(i) +
+                                  "] is not a str (got " +
+                                  std::string(Py_TYPE(item.ptr())->tp_name) + ")")
+                                     .c_str());
+        }
+        const auto [data, len] = utf8_of(item);
+        kv.views[i] = std::string_view(data, len);
+    }
+    return kv;
+}
+
+F64Matrix tumbling_update_many(TumblingTableObj &self,
+                               const nb::typed<nb::sequence, nb::str> &keys,
+                               const I64In &ts, const F64In &values,
+                               const BoolIn &has_value) {
+    BusyGuard guard(self);
+    const KeyViews kv = key_views(keys, "update_many");
+    const std::size_t n = kv.views.size();
+    if (ts.shape(0) != n || values.shape(0) != n || has_value.shape(0) != n) {
+        throw nb::value_error(
+            ("update_many(): keys, ts, values and has_value must have the same length, got " +
+             std::to_string(n) + ", " + std::to_string(ts.shape(0)) + ", " +
+             std::to_string(values.shape(0)) + " and " + std::to_string(has_value.shape(0)))
+                .c_str());
+    }
+    std::unique_ptr<double[]> out(new double[n == 0 ? 1 : n * k::kTumblingWidth]);
+    {
+        std::optional<nb::gil_scoped_release> nogil;
+        if (n >= kReleaseGilMinItems) nogil.emplace();
+        self.table.update_many(kv.views.data(), ts.data(), values.data(), has_value.data(), n,
+                               out.get());
+    }
+    double *data = out.get();
+    nb::capsule owner(data, [](void *p) noexcept { delete[] static_cast<double *>(p); });
+    out.release();
+    return F64Matrix(data, {n, k::kTumblingWidth}, owner);
+}
+
+nb::typed<nb::list, nb::str> tumbling_missing(TumblingTableObj &self,
+                                              const nb::typed<nb::sequence, nb::str> &keys) {
+    BusyGuard guard(self);
+    const KeyViews kv = key_views(keys, "missing");
+    const std::size_t n = kv.views.size();
+    std::vector<std::size_t> rows;
+    {
+        std::optional<nb::gil_scoped_release> nogil;
+        if (n >= kReleaseGilMinItems) nogil.emplace();
+        rows = self.table.missing(kv.views.data(), n);
+    }
+    nb::list result;
+    for (const std::size_t i : rows) result.append(kv.items[i]);
+    return nb::typed<nb::list, nb::str>(result);
+}
+
+void tumbling_load(TumblingTableObj &self, const nb::str &key, std::int64_t start,
+                   std::int64_t count, double sum, double min, double max) {
+    BusyGuard guard(self);
+    const auto [data, len] = utf8_of(key);
+    if (!self.table.load(std::string_view(data, len), start, count, sum, min, max)) {
+        throw nb::value_error(("load(): key " + std::string(nb::repr(key).c_str()) +
+                               " already has state; load only keys returned by missing()")
+                                  .c_str());
+    }
+}
+
+using DirtyTuple = std::tuple<nb::str, std::int64_t, std::int64_t, double, double, double>;
+
+std::vector<DirtyTuple> tumbling_take_dirty(TumblingTableObj &self) {
+    BusyGuard guard(self);
+    std::vector<k::TumblingTable::DirtyRow> rows = self.table.take_dirty();
+    std::vector<DirtyTuple> result;
+    result.reserve(rows.size());
+    for (const auto &r : rows) {
+        result.emplace_back(nb::str(r.key.data(), r.key.size()), r.state.start, r.state.count,
+                            r.state.sum, r.state.min, r.state.max);
+    }
+    return result;
+}
+
+void tumbling_clear(TumblingTableObj &self) {
+    BusyGuard guard(self);
+    self.table.clear();
+}
+
+std::size_t tumbling_len(const TumblingTableObj &self) {
+    check_idle(self);
+    return self.table.size();
+}
+
+std::int64_t tumbling_late(const TumblingTableObj &self) {
+    check_idle(self);
+    return self.table.late();
+}
+
+std::string tumbling_repr(const TumblingTableObj &self) {
+    check_idle(self);
+    return "TumblingTable(size_ms=" + std::to_string(self.table.size_ms()) +
+           ", keys=" + std::to_string(self.table.size()) +
+           ", dirty=" + std::to_string(self.table.dirty_count()) +
+           ", late=" + std::to_string(self.table.late()) + ")";
+}
+
 }  // namespace
 
 NB_MODULE(_native, m) {
@@ -184,4 +340,26 @@ NB_MODULE(_native, m) {
             return "SlidingWindow(size_ms=" + std::to_string(w.size_ms()) +
                    ", count=" + std::to_string(w.count()) + ")";
         });
+
+    nb::class_<TumblingTableObj>(m, "TumblingTable",
+                                 "Tumbling-window [count, sum, min, max] per key; see ext/__init__.py.")
+        .def(nb::init<std::int64_t>(), nb::arg("size_ms"))
+        .def("update_many", &tumbling_update_many, nb::arg("keys"), nb::arg("ts"),
+             nb::arg("values"), nb::arg("has_value"),
+             "Apply every row in order; returns an (n, 5) float64 array of "
+             "[count, sum, mean, min, max] of the row's key after each row.")
+        .def("missing", &tumbling_missing, nb::arg("keys"),
+             "Distinct keys (first-seen order) that have no state in the table.")
+        .def("load", &tumbling_load, nb::arg("key"), nb::arg("start"), nb::arg("count"),
+             nb::arg("sum"), nb::arg("min"), nb::arg("max"),
+             "Install a key's state read from the store (not marked dirty).")
+        .def("take_dirty", &tumbling_take_dirty,
+             "(key, start, count, sum, min, max) of every dirty key, in first-dirtied "
+             "order; clears the dirty set.")
+        .def("clear", &tumbling_clear,
+             "Drop all held state; raises RuntimeError if dirty keys were not taken.")
+        .def_prop_ro("size_ms", [](const TumblingTableObj &self) { return self.table.size_ms(); })
+        .def_prop_ro("late", &tumbling_late)
+        .def("__len__", &tumbling_len)
+        .def("__repr__", &tumbling_repr);
 }

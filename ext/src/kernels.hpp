@@ -18,6 +18,9 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <unordered_set>
+#include <utility>
 #include <vector>
 
 namespace streamscore {
@@ -310,6 +313,274 @@ private:
     std::vector<std::int64_t> b_ts_;
     std::vector<double> b_vals_;
     Moments b_agg_;
+};
+
+// ---------------------------------------------------------------------------
+// TumblingTable: tumbling-window aggregates for many entities (keys).
+//
+// The window of a timestamp is [start, start + size_ms) with
+//     start = ts - floor_mod(ts, size_ms)        (floor_mod(a, b) in [0, b))
+// so negative timestamps fall in the window below them (ts = -1, size 10 ->
+// start -10).  A batch whose window start would be below INT64_MIN (only
+// possible for ts < INT64_MIN + size_ms) is rejected before anything changes.
+//
+// Per key the table holds TumblingState {start, count, sum, min, max}; an
+// empty state is {start, 0, 0.0, +inf, -inf}.  Row i of update_many does
+// exactly, in this order:
+//
+//   if the key has no state or start > state.start:
+//       state = {start, 0, 0.0, +inf, -inf}; mark dirty
+//   if start < state.start:  late += 1          (row not applied)
+//   else if has_value[i]:
+//       count += 1; sum = sum + value;
+//       if (value < min) min = value;  if (value > max) max = value;
+//       mark dirty
+//   out row i = [double(count), sum, count ? sum / double(count) : 0.0,
+//                count ? min : 0.0, count ? max : 0.0]
+//
+// NaN values are not expected (the caller rejects them upstream); they would
+// poison sum but never min/max, identically in both backends.
+// "Dirty" keys are listed in first-dirtied order until take_dirty().
+// ---------------------------------------------------------------------------
+
+inline constexpr std::size_t kTumblingWidth = 5;
+// load() accepts counts up to 2^53, where double(count) is still exact; the
+// int64 count then cannot overflow in practice.
+inline constexpr std::int64_t kMaxLoadedCount = std::int64_t{1} << 53;
+
+struct TumblingState {
+    std::int64_t start = 0;
+    std::int64_t count = 0;
+    double sum = 0.0;
+    double min = std::numeric_limits<double>::infinity();
+    double max = -std::numeric_limits<double>::infinity();
+};
+
+// floor(a mod b) for b >= 1: the result is in [0, b).
+inline std::int64_t floor_mod(std::int64_t a, std::int64_t b) noexcept {
+    std::int64_t r = a % b;
+    if (r < 0) r += b;
+    return r;
+}
+
+// 64-bit hash of a key for the table below (FNV-1a + a final avalanche so the
+// low bits used for bucketing depend on every byte).
+inline std::uint64_t key_hash(std::string_view key) noexcept {
+    std::uint64_t h = fnv1a64(key.data(), key.size(), 0);
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+class TumblingTable {
+public:
+    struct DirtyRow {
+        std::string key;
+        TumblingState state;
+    };
+
+    explicit TumblingTable(std::int64_t size_ms) : size_ms_(size_ms) {
+        if (size_ms < 1) {
+            throw std::invalid_argument("size_ms must be >= 1, got " +
+                                        std::to_string(size_ms));
+        }
+    }
+
+    std::int64_t size_ms() const noexcept { return size_ms_; }
+    std::int64_t late() const noexcept { return late_; }
+    std::size_t size() const noexcept { return entries_.size(); }
+    std::size_t dirty_count() const noexcept { return dirty_.size(); }
+    bool contains(std::string_view key) const noexcept {
+        return find(key, key_hash(key)) != kNone;
+    }
+
+    // Throws std::invalid_argument (nothing mutated) if the window start of
+    // some ts[i] is not representable.
+    void check_starts(const std::int64_t *ts, std::size_t n) const {
+        constexpr std::int64_t lo = std::numeric_limits<std::int64_t>::min();
+        for (std::size_t i = 0; i < n; ++i) {
+            // ts - floor_mod(ts, size) < INT64_MIN  <=>  ts < INT64_MIN + floor_mod
+            if (ts[i] < lo + size_ms_ && ts[i] < lo + floor_mod(ts[i], size_ms_)) {
+                throw std::invalid_argument(
+                    "update_many(): ts[" + std::to_string(i) + "]=" + std::to_string(ts[i]) +
+                    " has a window start below the int64 range");
+            }
+        }
+    }
+
+    // Applies rows 0..n-1 in order (see the block comment above); `out`
+    // receives n rows of kTumblingWidth doubles.  The batch is validated
+    // (check_starts) before anything is mutated.
+    void update_many(const std::string_view *keys, const std::int64_t *ts,
+                     const double *values, const bool *has_value, std::size_t n,
+                     double *out) {
+        check_starts(ts, n);
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::int64_t start = ts[i] - floor_mod(ts[i], size_ms_);
+            const std::uint64_t h = key_hash(keys[i]);
+            std::uint32_t e = find(keys[i], h);
+            if (e == kNone) {
+                e = insert(keys[i], h);
+                reset(e, start);
+            } else if (start > entries_[e].state.start) {
+                reset(e, start);
+            }
+            TumblingState &st = entries_[e].state;
+            if (start < st.start) {
+                ++late_;
+            } else if (has_value[i]) {
+                const double v = values[i];
+                st.count += 1;
+                st.sum = st.sum + v;
+                if (v < st.min) st.min = v;
+                if (v > st.max) st.max = v;
+                mark_dirty(e);
+            }
+            double *row = out + i * kTumblingWidth;
+            if (st.count != 0) {
+                const double c = static_cast<double>(st.count);
+                row[0] = c;
+                row[1] = st.sum;
+                row[2] = st.sum / c;
+                row[3] = st.min;
+                row[4] = st.max;
+            } else {
+                row[0] = 0.0;
+                row[1] = st.sum;
+                row[2] = 0.0;
+                row[3] = 0.0;
+                row[4] = 0.0;
+            }
+        }
+    }
+
+    // Row indices of the first occurrence of every distinct key without state.
+    std::vector<std::size_t> missing(const std::string_view *keys, std::size_t n) const {
+        std::vector<std::size_t> rows;
+        std::unordered_set<std::string_view> seen;
+        for (std::size_t i = 0; i < n; ++i) {
+            if (find(keys[i], key_hash(keys[i])) != kNone) continue;
+            if (seen.insert(keys[i]).second) rows.push_back(i);
+        }
+        return rows;
+    }
+
+    // Installs state read from the store (not dirty).  Returns false, changing
+    // nothing, if the key already has state.  count must be in [0, 2^53]; when
+    // it is 0, min/max are normalised to +inf/-inf.
+    bool load(std::string_view key, std::int64_t start, std::int64_t count, double sum,
+              double min, double max) {
+        if (count < 0 || count > kMaxLoadedCount) {
+            throw std::invalid_argument("load(): count must be in [0, 2**53], got " +
+                                        std::to_string(count));
+        }
+        const std::uint64_t h = key_hash(key);
+        if (find(key, h) != kNone) return false;
+        const std::uint32_t e = insert(key, h);
+        TumblingState &st = entries_[e].state;
+        st.start = start;
+        st.count = count;
+        st.sum = sum;
+        if (count == 0) {
+            st.min = std::numeric_limits<double>::infinity();
+            st.max = -std::numeric_limits<double>::infinity();
+        } else {
+            st.min = min;
+            st.max = max;
+        }
+        return true;
+    }
+
+    // State of every dirty key, in first-dirtied order; clears the dirty set.
+    std::vector<DirtyRow> take_dirty() {
+        std::vector<DirtyRow> rows;
+        rows.reserve(dirty_.size());
+        for (const std::uint32_t e : dirty_) {
+            rows.push_back(DirtyRow{entries_[e].key, entries_[e].state});
+            entries_[e].dirty = false;
+        }
+        dirty_.clear();
+        return rows;
+    }
+
+    // Drops all held state; refuses (std::runtime_error) while keys are dirty.
+    void clear() {
+        if (!dirty_.empty()) {
+            throw std::runtime_error("clear(): " + std::to_string(dirty_.size()) +
+                                   " dirty key(s) not taken; call take_dirty() first");
+        }
+        entries_.clear();
+        entries_.shrink_to_fit();
+        slots_.clear();
+        slots_.shrink_to_fit();
+    }
+
+private:
+    static constexpr std::uint32_t kNone = 0xffffffffU;
+
+    struct Entry {
+        std::string key;
+        std::uint64_t hash;
+        TumblingState state;
+        bool dirty;
+    };
+
+    // Open addressing with linear probing over `slots_` (entry index + 1,
+    // 0 = empty; capacity a power of two, load factor <= 1/2).
+    std::uint32_t find(std::string_view key, std::uint64_t h) const noexcept {
+        if (slots_.empty()) return kNone;
+        const std::size_t mask = slots_.size() - 1;
+        for (std::size_t s = static_cast<std::size_t>(h) & mask;; s = (s + 1) & mask) {
+            const std::uint32_t v = slots_[s];
+            if (v == 0) return kNone;
+            const Entry &en = entries_[v - 1];
+            if (en.hash == h && std::string_view(en.key) == key) return v - 1;
+        }
+    }
+
+    std::uint32_t insert(std::string_view key, std::uint64_t h) {
+        if (entries_.size() >= kNone - 1) throw std::length_error("TumblingTable: too many keys");
+        if (2 * (entries_.size() + 1) > slots_.size()) grow();
+        const auto e = static_cast<std::uint32_t>(entries_.size());
+        entries_.push_back(Entry{std::string(key), h, TumblingState{}, false});
+        place(e);
+        return e;
+    }
+
+    void place(std::uint32_t e) noexcept {
+        const std::size_t mask = slots_.size() - 1;
+        std::size_t s = static_cast<std::size_t>(entries_[e].hash) & mask;
+        while (slots_[s] != 0) s = (s + 1) & mask;
+        slots_[s] = e + 1;
+    }
+
+    void grow() {
+        const std::size_t cap = slots_.empty() ? 16 : slots_.size() * 2;
+        slots_.assign(cap, 0);
+        for (std::uint32_t e = 0; e < entries_.size(); ++e) place(e);
+    }
+
+    void reset(std::uint32_t e, std::int64_t start) {
+        entries_[e].state = TumblingState{};
+        entries_[e].state.start = start;
+        mark_dirty(e);
+    }
+
+    void mark_dirty(std::uint32_t e) {
+        if (!entries_[e].dirty) {
+            entries_[e].dirty = true;
+            dirty_.push_back(e);
+        }
+    }
+
+    std::int64_t size_ms_;
+    std::int64_t late_ = 0;
+    std::vector<Entry> entries_;
+    std::vector<std::uint32_t> slots_;
+    std::vector<std::uint32_t> dirty_;
 };
 
 }  // namespace kernels

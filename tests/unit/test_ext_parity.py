@@ -178,7 +178,10 @@ def test_package_exports_selected_backend():
     assert ext.hash_string is backend_mod.hash_string
     assert ext.hash_strings is backend_mod.hash_strings
     assert ext.SlidingWindow is backend_mod.SlidingWindow
-    assert set(ext.__all__) == {"NATIVE", "SlidingWindow", "backend_name", "hash_string", "hash_strings"}
+    assert ext.TumblingTable is backend_mod.TumblingTable
+    assert set(ext.__all__) == {
+        "NATIVE", "SlidingWindow", "TumblingTable", "backend_name", "hash_string", "hash_strings",
+    }
     if DISABLE_NATIVE:
         assert not ext.NATIVE
     if REQUIRE_NATIVE:
