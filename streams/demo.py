@@ -180,6 +180,10 @@ def prequential_report(stream: Path, spec: PipelineSpec, predictions: dict[str, 
                 unmatched += 1
                 continue
             y = v[spec.label]
+            base = hits.setdefault("majority class (always 0)", [])
+            base.append(int(not y))
+            if len(base) >= window:
+                rolling.setdefault("majority class (always 0)", []).append(sum(base[-window:]) / window)
             for name, score in pred["scores"].items():
                 preq[name].update(y, score)
                 h = hits[name]
@@ -197,7 +201,8 @@ def plot_rolling(rolling: dict[str, list[float]], path: Path, title: str, window
 
     fig, ax = plt.subplots(figsize=(9, 4))
     for name, ys in rolling.items():
-        ax.plot(range(window, window + len(ys)), ys, label=name, linewidth=1)
+        style = {"linestyle": "--", "color": "grey"} if name.startswith("majority") else {}
+        ax.plot(range(window, window + len(ys)), ys, label=name, linewidth=1, **style)
     ax.set_xlabel("labelled events (in label order)")
     ax.set_ylabel(f"accuracy over the last {window}")
     ax.set_title(title)

@@ -4,8 +4,10 @@ Why here and not in faust: faust's windowed tables expire on wall-clock time,
 so a replayed stream with old timestamps loses its windows, and every table
 write costs a changelog send. Here a window's state is a small list per
 (window definition, entity) held in a dict cache in front of the partition's
-RocksDB store; a micro-batch updates the cache, and :meth:`Windows.flush`
-writes each touched entity once before offsets are committed.
+RocksDB store (the cache is ``ext.TumblingTable``, a C++ kernel with a
+pure-Python twin); a micro-batch updates it in one call per window
+definition, and :meth:`Windows.flush` writes each touched entity once before
+offsets are committed.
 
 Tumbling windows of ``size_ms``: an event at ``ts`` belongs to
 ``[ts - ts % size, ts - ts % size + size)``; its features include the event.
@@ -33,6 +35,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import orjson
 
 AGGREGATIONS = ("count", "sum", "mean", "min", "max")
@@ -82,81 +85,71 @@ class WindowSpec:
                    kind=str(doc.get("kind", "tumbling")))
 
 
-# state per (window, entity): [window_start, count, sum, min, max]
-_START, _COUNT, _SUM, _MIN, _MAX = range(5)
-
-_READERS: dict[str, Callable[[list], float]] = {
-    "count": lambda st: float(st[1]),
-    "sum": lambda st: st[2],
-    "mean": lambda st: st[2] / st[1] if st[1] else 0.0,
-    "min": lambda st: st[3] if st[1] else 0.0,
-    "max": lambda st: st[4] if st[1] else 0.0,
-}
+#: columns of TumblingTable.update_many's output
+_COLUMNS = {"count": 0, "sum": 1, "mean": 2, "min": 3, "max": 4}
 
 
 class Windows:
-    """The window features of one partition: update per event, flush per batch."""
+    """The window features of one partition: update per batch (native kernel), flush per commit.
+
+    Each window definition has an ``ext.TumblingTable`` holding the state of
+    the entities it has seen (the C++ kernel, or its pure-Python twin);
+    entities not held are loaded from the partition store on first sight.
+    """
 
     def __init__(self, specs: Sequence[WindowSpec], max_cached: int = 200_000) -> None:
+        import ext
+
         self.specs = tuple(specs)
         self.names = tuple(n for s in self.specs for n in s.names)
         self.max_cached = max_cached
-        self._cache: dict[str, list] = {}
-        self._dirty: set[str] = set()
-        self.late = 0
-        self._plan = [(s.key, s.field, s.size_ms, s.prefix,
-                       tuple(zip(s.names, (_READERS[a] for a in s.aggs)))) for s in self.specs]
+        self._plan = [(s.key, s.field, s.prefix, ext.TumblingTable(s.size_ms),
+                       [_COLUMNS[a] for a in s.aggs], s.names) for s in self.specs]
+
+    @property
+    def late(self) -> int:
+        """Events that arrived after their entity's window had moved on (counted, not applied)."""
+        return sum(t.late for _, _, _, t, _, _ in self._plan)
+
+    def update_batch(self, events: Sequence[Mapping[str, object]], ts: Sequence[int],
+                     load: Callable[[str], bytes | None]) -> list[dict[str, float]]:
+        """Apply events in order (one batch) and return each event's features."""
+        n = len(events)
+        out: list[dict[str, float]] = [{} for _ in range(n)]
+        if not n:
+            return out
+        ts_arr = np.fromiter(ts, dtype=np.int64, count=n)
+        for key_field, field, prefix, table, cols, names in self._plan:
+            keys = [prefix + str(e.get(key_field)) for e in events]
+            for k in table.missing(keys):
+                raw = load(k)
+                if raw is not None:
+                    table.load(k, *self.decode(raw))
+            vals = [e.get(field) for e in events]
+            has = np.fromiter((v is not None for v in vals), dtype=np.bool_, count=n)
+            values = np.fromiter((0.0 if v is None else v for v in vals), dtype=np.float64, count=n)
+            rows = table.update_many(keys, ts_arr, values, has)[:, cols].tolist()
+            for o, row in zip(out, rows):
+                o.update(zip(names, row))
+        return out
 
     def update(self, event: Mapping[str, object], ts: int,
                load: Callable[[str], bytes | None]) -> dict[str, float]:
-        """Apply one event (in offset order) and return its features."""
-        out: dict[str, float] = {}
-        cache = self._cache
-        dirty = self._dirty
-        for key_field, field, size, prefix, readers in self._plan:
-            skey = prefix + str(event.get(key_field))
-            start = ts - ts % size
-            st = cache.get(skey)
-            if st is None:
-                raw = load(skey)
-                st = self.decode(raw) if raw is not None else None
-                if st is None or start > st[0]:
-                    st = [start, 0, 0.0, math.inf, -math.inf]
-                cache[skey] = st
-            elif start > st[0]:
-                st = cache[skey] = [start, 0, 0.0, math.inf, -math.inf]
-            if start < st[0]:
-                self.late += 1            # beyond the current window: not applied
-            else:
-                v = event.get(field)
-                if v is not None:
-                    st[1] += 1
-                    st[2] += v
-                    if v < st[3]:
-                        st[3] = float(v)
-                    if v > st[4]:
-                        st[4] = float(v)
-                    dirty.add(skey)
-            for name, read in readers:
-                out[name] = read(st)
-        return out
+        """Apply one event and return its features (a batch of one)."""
+        return self.update_batch([event], [ts], load)[0]
 
     def flush(self, put: Callable[[str, bytes], None]) -> int:
-        """Write every entity touched since the last flush (once each)."""
-        n = len(self._dirty)
-        cache = self._cache
-        for k in self._dirty:
-            st = cache[k]
-            put(k, orjson.dumps([st[0], st[1], st[2],
-                                 st[3] if st[1] else None, st[4] if st[1] else None]))
-        self._dirty = set()
-        if len(cache) > self.max_cached:
-            cache.clear()
+        """Write every entity touched since the last flush (once each); bound the cache."""
+        n = 0
+        for _, _, _, table, _, _ in self._plan:
+            for key, start, count, total, lo, hi in table.take_dirty():
+                put(key, orjson.dumps([start, count, total, lo if count else None, hi if count else None]))
+                n += 1
+            if len(table) > self.max_cached:
+                table.clear()
         return n
 
     @staticmethod
-    def decode(raw: bytes) -> list[float]:
-        st = orjson.loads(raw)
-        st[3] = math.inf if st[3] is None else st[3]
-        st[4] = -math.inf if st[4] is None else st[4]
-        return st
+    def decode(raw: bytes) -> tuple[int, int, float, float, float]:
+        start, count, total, lo, hi = orjson.loads(raw)
+        return (start, count, total, math.inf if lo is None else lo, -math.inf if hi is None else hi)

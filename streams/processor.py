@@ -101,12 +101,14 @@ class PartitionProcessor:
         stats = BatchStats(dlq=Tally(), latencies_s=[])
         out: list[Output] = []
         decode = self.codec.decode
-        for rec in records:
-            d = decode(rec.value, rec.key)
+        decoded = [decode(rec.value, rec.key) for rec in records]
+        features = self._window_features(decoded) if self.windows is not None else {}
+        for i, rec in enumerate(records):
+            d = decoded[i]
             kind = d.kind
             if kind == "event":
                 stats.events += 1
-                self._event(d, rec, start, out, stats)
+                self._event(d, rec, start, out, stats, features.get(i))
             elif kind == "label":
                 stats.labels += 1
                 self._label(d, rec, topic, out, stats)
@@ -116,7 +118,30 @@ class PartitionProcessor:
         return out
 
     # -- events ---------------------------------------------------------------
-    def _event(self, d: Decoded, rec: Any, start: float, out: list[Output], stats: BatchStats) -> None:
+    def _window_features(self, decoded: Sequence[Decoded]) -> dict[int, dict[str, float]]:
+        """Window features of the batch's new events, in offset order, in one kernel call per window.
+
+        Windows do not depend on labels or models, so they are computed for the
+        whole batch first; redelivered events (stored, or repeated within the
+        batch) are left out, so they change no window.
+        """
+        assert self.windows is not None
+        get = self.store.get
+        seen: set[str] = set()
+        index: list[int] = []
+        docs: list[dict[str, Any]] = []
+        ts: list[int] = []
+        for i, d in enumerate(decoded):
+            if d.kind == "event" and d.event_id not in seen:
+                seen.add(d.event_id)
+                if get("p:" + d.event_id) is None:
+                    index.append(i)
+                    docs.append(d.doc)  # type: ignore[arg-type]
+                    ts.append(d.ts)
+        return dict(zip(index, self.windows.update_batch(docs, ts, get)))
+
+    def _event(self, d: Decoded, rec: Any, start: float, out: list[Output], stats: BatchStats,
+               feats: dict[str, float] | None = None) -> None:
         eid = d.event_id
         stored_pred = self.store.get("p:" + eid)
         if stored_pred is not None:
@@ -126,7 +151,6 @@ class PartitionProcessor:
         x = d.x
         assert x is not None
         now_ms = rec.timestamp
-        feats = self.windows.update(d.doc, d.ts, self.store.get) if self.windows is not None else None  # type: ignore[arg-type]
         if feats:
             x = {**x, **feats}
         if not self.models:
