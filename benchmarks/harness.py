@@ -1,0 +1,508 @@
+"""Runs the benchmark targets against one embedded broker and reports.
+
+For each target: ``repeat`` throughput runs, then one latency run.
+
+Throughput run: fresh topics, consumer group and state directory; the
+workload is produced into the input topic *before* the system under test
+starts (production is not timed); then the processes start, and once they
+consume, their CPU time is sampled until every output is out.
+
+* **events/s** = outputs / (Kafka timestamp of the last output - that of the
+  first output), read back from the output topic. A Kafka timestamp is taken
+  by the producer of the system under test when it publishes (CreateTime), so
+  this is the processing rate from the first output to the last; start-up and
+  the consumer-group join are excluded. The median over the repetitions is
+  reported. (``wall_events_per_s`` in the JSON: events / busy wall time, see
+  CPU %, as seen by polling every 50 ms.)
+* **CPU %** = sum over the processes of the target of the utime+stime delta
+  (/proc/<pid>/stat) over its busy wall time: from the last 50 ms sample
+  before they first use > 20 % of a core (start of consumption; the idle
+  first fetch is excluded) to the last output; 100 % = one core. Median over
+  the repetitions. The broker's CPU is reported separately (``broker_cpu_pct``);
+  ``cpu_ms_per_1k_events`` is the CPU cost of the target per 1000 events.
+* **peak RSS MB** = VmHWM (/proc/<pid>/status) at the end of the run, summed
+  over the processes; the largest over the repetitions.
+* **correct**: see :mod:`benchmarks.check`; every repetition and the latency run.
+
+Latency run: fresh topics again; the processes start on an empty input topic;
+once they consume, a paced producer offers the events at HALF the measured
+peak events/s (labels, where the workload has them, right after their
+event), for ``latency_seconds`` (at least 1000 events, at most the whole
+workload). Latency of an event = Kafka timestamp of its output - Kafka
+timestamp of its input (both set at the produce call, 1 ms resolution);
+events produced in the first ``latency_warmup_s`` (at most a fifth of the
+run) are excluded. p50 and p99 are nearest-rank percentiles.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from benchmarks.cli import MARKDOWN, RESULTS, RUN_NAMES
+from benchmarks.check import Reference, check_outputs, read_outputs
+from benchmarks.procstat import CpuWindow, peak_rss_mb
+from benchmarks.targets import TARGETS, RunFailed, Target
+from benchmarks.workload import Workload, make_workload, produce, produce_paced
+from streams.broker import EmbeddedBroker
+from streams.settings import Settings
+
+assert tuple(TARGETS) == RUN_NAMES, "benchmarks/cli.py RUN_NAMES and TARGETS disagree"
+
+
+@dataclass
+class Options:
+    events: int = 200_000
+    repeat: int = 3
+    naive_events: int = 20_000
+    partitions: int = 4
+    users: int = 10_000
+    seed: int = 42
+    only: tuple[str, ...] = RUN_NAMES
+    latency: bool = True
+    latency_seconds: float = 10.0
+    latency_warmup_s: float = 1.0
+    stall_s: float = 60.0
+    results: Path | None = RESULTS
+    markdown: Path | None = MARKDOWN
+    keep: bool = False
+    quick: bool = False
+    command: str = "python -m benchmarks"
+
+
+@dataclass
+class Context:
+    opts: Options
+    broker: EmbeddedBroker
+    workdir: Path
+    echo: Callable[[str], None]
+    refs: dict[int, Reference] = field(default_factory=dict)
+
+    def ref(self, w: Workload) -> Reference:
+        if id(w) not in self.refs:
+            self.refs[id(w)] = Reference(w)
+        return self.refs[id(w)]
+
+
+def percentile(xs: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    k = max(0, min(len(s) - 1, int(-(-q / 100.0 * len(s) // 1)) - 1))
+    return float(s[k])
+
+
+def _delete_topics(bootstrap: str, topics: list[str]) -> None:
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for fut in admin.delete_topics(topics, operation_timeout=10).values():
+            try:
+                fut.result(10)
+            except Exception:
+                pass
+    except Exception:
+        pass
+
+
+def _wait_done(inst: Any, expected: int, stall_s: float, windows: Sequence[CpuWindow] = ()) -> None:
+    last_n, last_change = -1, time.monotonic()
+    while True:
+        for w in windows:
+            w.sample(time.monotonic())
+        inst.check_alive()
+        n, done = inst.progress()
+        if done:
+            return
+        now = time.monotonic()
+        if n != last_n:
+            last_n, last_change = n, now
+        elif now - last_change > stall_s:
+            raise RunFailed(f"{inst.tag}: stalled at {n} of {expected} for {stall_s:.0f}s; logs: "
+                            + ", ".join(str(p) for p in inst.logs))
+        time.sleep(0.05)
+
+
+def measure(ctx: Context, target: Target, workload: Workload, tag: str,
+            paced_rate: float | None = None) -> dict[str, Any]:
+    """One run of ``target`` over ``workload`` (a throughput run, or a latency run if paced)."""
+    opts, broker = ctx.opts, ctx.broker
+    inst = target.instance(broker.bootstrap, tag, ctx.workdir, opts.partitions)
+    inst.create_topics()
+    try:
+        return _measure(ctx, target, workload, inst, paced_rate)
+    finally:
+        _delete_topics(broker.bootstrap, inst.topics)   # the in-memory broker keeps every topic otherwise
+
+
+def _measure(ctx: Context, target: Target, workload: Workload, inst: Any,
+             paced_rate: float | None) -> dict[str, Any]:
+    opts, broker = ctx.opts, ctx.broker
+    producer_config = Settings(broker=broker.bootstrap).producer_config()
+    n_events, n_records = workload.n_events, len(workload.records)
+    if paced_rate is None:
+        produce(producer_config, inst.input_topic, workload.records)
+    sent: dict[int, int] = {}
+    try:
+        inst.start(n_records, n_events)
+        inst.wait_ready()
+        win = CpuWindow(inst.pids)
+        bwin = CpuWindow([broker._proc.pid] if broker._proc is not None else [])
+        t0 = time.monotonic()
+        win.start(t0)
+        bwin.start(t0)
+        if paced_rate is not None:
+            sent = produce_paced(producer_config, inst.input_topic, workload.records, paced_rate)
+        _wait_done(inst, n_records, opts.stall_s, [win])
+        t1 = time.monotonic()
+        win.stop(t1)
+        bwin.stop(t1)
+        rss = [peak_rss_mb(p) for p in inst.pids]
+        extra = inst.extra()
+    finally:
+        inst.stop()
+    out = read_outputs(broker.bootstrap, inst.output_topics, inst.dlq_topic, n_events)
+    correct, details = check_outputs(out, workload, ctx.ref(workload), target.windows, target.scored)
+    span = out.span_s()
+    res: dict[str, Any] = {
+        "events": n_events,
+        "records": n_records,
+        "events_per_s": round(out.n / span, 1) if span > 0 else None,
+        "wall_s": round(win.wall_s, 3),
+        "wall_events_per_s": round(n_events / win.wall_s, 1) if win.wall_s > 0 else None,
+        "startup_idle_s": round((win.t_busy or win.t0) - win.t0, 3),
+        "cpu_pct": round(win.cpu_pct, 1) if win.cpu_pct is not None else None,
+        "broker_cpu_pct": round(bwin.cpu_pct, 1) if bwin.cpu_pct is not None else None,
+        "cpu_ms_per_1k_events": round(1e6 * win.total_cpu_s / n_events, 1) if n_events else None,
+        "peak_rss_mb": round(sum(r for r in rss if r is not None), 1),
+        "correct": correct,
+        **details,
+        **extra,
+    }
+    if paced_rate is not None:
+        t_first = min(sent.values()) if sent else 0
+        t_last = max(sent.values()) if sent else 0
+        # warm-up excluded: the first latency_warmup_s, at most a fifth of the run
+        warm = t_first + int(min(opts.latency_warmup_s * 1000, (t_last - t_first) / 5))
+        lat = []
+        for eid, ts in out.ts_ms.items():
+            i = int(eid[1:])
+            if i in sent and sent[i] >= warm:
+                lat.append(ts - sent[i])
+        res.update({
+            "offered_events_per_s": round(paced_rate, 1),
+            "achieved_offered_events_per_s": (round(len(sent) / ((t_last - t_first) / 1000), 1)
+                                              if t_last > t_first else None),
+            "latency_events": len(lat),
+            "p50_latency_ms": percentile(lat, 50),
+            "p99_latency_ms": percentile(lat, 99),
+            "max_latency_ms": max(lat) if lat else None,
+        })
+    return res
+
+
+def run_target(ctx: Context, target: Target, workload: Workload) -> dict[str, Any]:
+    opts, echo = ctx.opts, ctx.echo
+    summary: dict[str, Any] = {"description": target.description, "events_per_s": None, "cpu_pct": None,
+                               "peak_rss_mb": None, "p50_latency_ms": None, "p99_latency_ms": None,
+                               "correct": False, "events": workload.n_events, "reps": []}
+    try:
+        target.precheck()
+        for r in range(opts.repeat):
+            rep = measure(ctx, target, workload, f"{target.name}-r{r}")
+            summary["reps"].append(rep)
+            echo(f"  {target.name} rep {r + 1}/{opts.repeat}: {_num(rep['events_per_s'])} events/s, "
+                 f"CPU {_num(rep['cpu_pct'])} %, peak RSS {_num(rep['peak_rss_mb'])} MB, "
+                 f"correct {rep['correct']}" + (f"  {rep['problems']}" if rep["problems"] else ""))
+        reps = summary["reps"]
+        eps = [r["events_per_s"] for r in reps if r["events_per_s"]]
+        summary["events_per_s"] = round(statistics.median(eps), 1) if eps else None
+        cpus = [r["cpu_pct"] for r in reps if r["cpu_pct"] is not None]
+        summary["cpu_pct"] = round(statistics.median(cpus), 1) if cpus else None
+        summary["peak_rss_mb"] = max(r["peak_rss_mb"] for r in reps) if reps else None
+        summary["correct"] = bool(reps) and all(r["correct"] for r in reps)
+        if opts.latency and summary["events_per_s"]:
+            rate = summary["events_per_s"] / 2.0
+            n = max(1000, int(rate * opts.latency_seconds))
+            lat = measure(ctx, target, workload.prefix(n), f"{target.name}-lat", paced_rate=rate)
+            summary["latency_run"] = lat
+            summary["p50_latency_ms"] = lat["p50_latency_ms"]
+            summary["p99_latency_ms"] = lat["p99_latency_ms"]
+            summary["correct"] = summary["correct"] and lat["correct"]
+            echo(f"  {target.name} latency at {_num(rate)} events/s offered ({lat['events']} events): "
+                 f"p50 {_num(lat['p50_latency_ms'])} ms, p99 {_num(lat['p99_latency_ms'])} ms, "
+                 f"correct {lat['correct']}" + (f"  {lat['problems']}" if lat["problems"] else ""))
+    except RunFailed as exc:
+        summary["error"] = str(exc)
+        summary["correct"] = False
+        echo(f"  {target.name} FAILED: {exc}")
+    return summary
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {}
+    for dist in ("faust-streaming", "confluent-kafka", "orjson", "rocksdict", "river"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": model,
+        "mem_gb": mem_gb,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def _num(v: Any, nd: int = 0) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:,.{nd}f}"
+
+
+def run_all(opts: Options, echo: Callable[[str], None] = print) -> tuple[dict[str, Any], int]:
+    """Run the selected targets; write the results; return (report, exit code)."""
+    started = dt.datetime.now(dt.timezone.utc)
+    workdir = Path(tempfile.mkdtemp(prefix="streamscore-bench-"))
+    echo(f"streamscore benchmarks: {opts.events:,} events, {opts.partitions} partitions, "
+         f"{opts.users:,} users, seed {opts.seed}, repeat {opts.repeat}; runs: {', '.join(opts.only)}")
+    echo(f"work dir (logs): {workdir}")
+    t = time.monotonic()
+    full_w = make_workload(opts.events, partitions=opts.partitions, users=opts.users, seed=opts.seed,
+                           labels=True)
+    workloads = {"events+labels": full_w, "events": full_w.without_labels()}
+    echo(f"workload generated in {time.monotonic() - t:.1f}s: {full_w.n_events:,} events, "
+         f"{full_w.labels:,} inline labels for the scored runs")
+    runs: dict[str, Any] = {}
+    with EmbeddedBroker(log_path=str(workdir / "broker.log")) as broker:
+        echo(f"broker: Tansu on {broker.bootstrap}")
+        ctx = Context(opts, broker, workdir, echo)
+        for name in opts.only:
+            target = TARGETS[name]
+            w = workloads[target.workload]
+            if target.subset:
+                w = w.prefix(opts.naive_events)
+            echo(f"[{name}] {target.description}; {w.n_events:,} events")
+            runs[name] = run_target(ctx, target, w)
+    report = {
+        "runs": runs,
+        "ratios": ratios(runs),
+        "machine": machine_info(),
+        "date": started.isoformat(timespec="seconds"),
+        "command": opts.command,
+        "options": {"events": opts.events, "repeat": opts.repeat, "naive_events": opts.naive_events,
+                    "partitions": opts.partitions, "users": opts.users, "seed": opts.seed,
+                    "latency": opts.latency, "latency_seconds": opts.latency_seconds,
+                    "latency_warmup_s": opts.latency_warmup_s, "quick": opts.quick},
+        "method": {
+            "events_per_s": "outputs / (Kafka timestamp of last output - first output), median of repeats",
+            "cpu_pct": "sum over the target's processes of utime+stime delta / wall time, 100 = one core",
+            "peak_rss_mb": "VmHWM summed over the target's processes, max over repeats",
+            "latency": "output Kafka ts - input Kafka ts per event, paced producer at half the peak",
+        },
+    }
+    echo("")
+    echo(format_table(report))
+    ok = all(r.get("correct") and not r.get("error") for r in runs.values())
+    if opts.results is not None:
+        import orjson
+
+        opts.results.parent.mkdir(parents=True, exist_ok=True)
+        tmp = opts.results.with_name(opts.results.name + ".tmp")
+        tmp.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        tmp.replace(opts.results)
+        echo(f"results: {opts.results}")
+    if opts.markdown is not None:
+        append_markdown(opts.markdown, report)
+        echo(f"appended to {opts.markdown}")
+    if ok and not opts.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        echo(f"logs kept in {workdir}")
+    return report, 0 if ok else 1
+
+
+def ratios(runs: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for base in ("raw", "faust_naive"):
+        b = runs.get(base, {}).get("events_per_s")
+        if not b:
+            continue
+        out[f"vs_{base}"] = {name: (round(r["events_per_s"] / b, 3) if r.get("events_per_s") else None)
+                             for name, r in runs.items()}
+    return out
+
+
+COLUMNS = ("run", "events/s", "CPU %", "peak RSS MB", "p50 ms", "p99 ms", "correct", "× raw", "× faust_naive")
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    rat = report.get("ratios", {})
+    for name, r in report["runs"].items():
+        def ratio(base: str) -> str:
+            v = rat.get(f"vs_{base}", {}).get(name)
+            return "n/a" if v is None else (f"{v:.3f}" if v < 0.1 else f"{v:.2f}")
+
+        correct = "FAILED" if r.get("error") else ("yes" if r.get("correct") else "NO")
+        rows.append([name, _num(r.get("events_per_s")), _num(r.get("cpu_pct")), _num(r.get("peak_rss_mb")),
+                     _num(r.get("p50_latency_ms"), 1), _num(r.get("p99_latency_ms"), 1), correct,
+                     ratio("raw"), ratio("faust_naive")])
+    return rows
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = [list(COLUMNS), *table_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = []
+    for k, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    for name, r in report["runs"].items():
+        if r.get("error"):
+            lines.append(f"{name}: {r['error'].splitlines()[0]}")
+        elif not r.get("correct"):
+            probs = [p for rep in r.get("reps", []) + [r.get("latency_run") or {}] for p in rep.get("problems", [])]
+            lines.append(f"{name}: incorrect: {probs[:3]}")
+    return "\n".join(lines)
+
+
+MARKDOWN_HEADER = """\
+# Benchmarks
+
+`make bench` (= `.venv/bin/python -m benchmarks`, also `streamscore bench`)
+starts its own embedded broker (Tansu), produces a synthetic workload and runs
+each system below against the same data. `python -m benchmarks --quick` is a
+smoke run (20k events, 1 repetition); `--only raw,windowed` picks runs;
+`--help` lists every option. Each invocation writes
+`benchmarks/results/latest.json` and appends a dated row set below
+(`--no-record`: neither).
+
+**Workload.** 200,000 JSON events (`--events`) `{"event_id", "ts", "user",
+"merchant", "country", "amount", "quantity"}`, 4 partitions, keyed by user
+(10,000 users drawn Zipf-like, 500 merchants, 20 countries, lognormal amounts),
+event time 1 ms apart from a fixed epoch, seed 42: the same bytes every run.
+Records go to partition crc32(user) % 4; the Zipf-like keys make partitions
+uneven (20.5 / 33.5 / 19.8 / 26.1 % of the events), which bounds what a
+second worker can add. The `full` runs also get an inline label record `{"event_id", "ts", "label"}`
+right after every event on the events topic.
+
+**Runs.**
+
+| run | what |
+|---|---|
+| `raw` | plain confluent-kafka consumer loop + orjson + a dict: per-user 60 s tumbling (event time) count and mean, one JSON output per event, produced without awaiting each send; one process, assigned the 4 partitions; no commits, no persistent state |
+| `faust_naive` | the textbook faust agent: `async for event in stream`, a faust Table on RocksDB (`rocksdb://`, rocksdict driver, changelog topic), `await topic.send()` per output; on the first 20,000 events only (`--naive-events`) |
+| `windowed` | one streamscore worker process, `benchmarks/pipelines/windowed.toml` (the window of `raw`, no model) |
+| `full` | one streamscore worker, `benchmarks/pipelines/full.toml`: 3 keys × 3 tumbling windows (60 s, 600 s, 3600 s; count, mean) + River logistic regression learning from the inline labels |
+| `full_2workers` | two worker processes of `full` in one consumer group |
+
+**Measures.** Each throughput run uses fresh topics, consumer group and
+state directory, with the workload produced *before* the system starts
+(production is not timed). *events/s*: outputs / (Kafka timestamp of the last
+output − that of the first), read back from the output topic; the timestamps
+are taken by the system's own producer when it publishes, so start-up and the
+group join are excluded; median of 3 repetitions (`--repeat`). *CPU %*: sum
+over the system's processes of the utime+stime delta (/proc/PID/stat) over
+its busy time, from the start of consumption (the first 50 ms interval in
+which it uses > 20 % of a core after joining) to its last output (polled
+every 50 ms), 100 % = one core (the broker is not included; its share is
+`broker_cpu_pct` in the JSON). *Peak RSS*: VmHWM summed over the processes.
+*p50/p99*: a separate run where a paced producer offers the events at half
+the measured events/s while the system runs; latency = output Kafka timestamp
+− input Kafka timestamp (1 ms resolution), first second excluded (at most
+a fifth of the run), 10 s per run (`--latency-seconds`) or the whole workload
+if shorter.
+*correct*: every event has exactly one output (or byte-identical duplicates),
+no dead letters, every window feature equals a brute-force recomputation
+over the produced events (count exact, mean to 1e-9; a window keyed by
+merchant or country may match the global or the per-partition recomputation,
+and which one matched is noted under the row set), and scored runs carry a
+score in [0, 1]; checked after every run, the latency run included.
+
+Everything runs on one machine: broker, system under test, the paced producer
+and the harness share its cores, so figures compare runs with each other on
+the same machine, not with a cluster. Latency has a floor set by the embedded
+broker: a fetch that finds no new data is answered after `fetch.wait.max.ms`
+(500 ms by default in librdkafka and aiokafka), not when data arrives; a
+probe consumer with librdkafka defaults at 100 records/s sees p50 ≈ 240 ms,
+p99 ≈ 430 ms on it. A consumer that keeps up keeps hitting that wait, so
+p50/p99 of a few hundred ms here mostly measure the broker.
+"""
+
+
+def append_markdown(path: Path, report: dict[str, Any]) -> None:
+    m = report["machine"]
+    o = report["options"]
+    head = MARKDOWN_HEADER if not path.exists() else ""
+    lines = [
+        "",
+        f"## {report['date'].replace('T', ' ').replace('+00:00', ' UTC')} · `{report['command']}`",
+        "",
+        f"Machine: {m['nproc']} × {m['cpu_model']}, {m['mem_gb']} GB RAM, Python {m['python']}, "
+        f"faust-streaming {m['versions'].get('faust-streaming')}. Workload: {o['events']:,} events "
+        f"(faust_naive: first {min(o['naive_events'], o['events']):,}), repeat {o['repeat']}"
+        + (", **quick smoke run**" if o["quick"] else "") + ".",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|",
+    ]
+    for row in table_rows(report):
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    offered = [f"{name} {_num(r['latency_run']['offered_events_per_s'])}" for name, r in report["runs"].items()
+               if r.get("latency_run")]
+    if offered:
+        lines.append(f"- Latency runs offered (events/s): {', '.join(offered)}.")
+    local = sorted({f"{name}: {w}" for name, r in report["runs"].items() for rep in r.get("reps", [])
+                    for w, sem in (rep.get("window_semantics") or {}).items() if sem == "partition-local"})
+    if local:
+        runs_local = sorted({x.split(":")[0] for x in local})
+        wins = sorted({x.split(": ")[1] for x in local})
+        lines.append(f"- Windows keyed by a field other than the partitioning key (user) are partition-local "
+                     f"in {', '.join(runs_local)} ({', '.join(wins)}): they matched the per-partition "
+                     f"reference, not the global one.")
+    for name, r in report["runs"].items():
+        if r.get("error"):
+            lines.append(f"- `{name}` failed: {r['error'].splitlines()[0]}")
+        elif not r.get("correct"):
+            probs = [p for rep in r.get("reps", []) + [r.get("latency_run") or {}] for p in rep.get("problems", [])]
+            lines.append(f"- `{name}` incorrect: {'; '.join(probs[:3])}")
+    with path.open("a") as fh:
+        fh.write(head + "\n".join(lines) + "\n")
+
+
+def main_echo(msg: str) -> None:
+    print(msg, flush=True, file=sys.stdout)

@@ -1,0 +1,299 @@
+"""The systems under test: how to start each one on a topic set and know when it is done.
+
+Every target gets a fresh *instance* per measured run: fresh topics (input
+and outputs), a fresh consumer group and a fresh state directory. An instance
+creates its topics, starts its processes, reports when they consume
+(``wait_ready``) and how many records they have processed (``progress``), and
+names the topics its outputs are read back from.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.faust_naive import changelog_topic
+from benchmarks.status import read_status
+from benchmarks.workload import WindowDef
+from streams.broker import create_topics, free_port
+from streams.settings import Settings
+
+PIPELINES = Path(__file__).resolve().parent / "pipelines"
+
+
+class RunFailed(RuntimeError):
+    """A target could not be started or did not finish; the message says why."""
+
+
+def log_tail(path: Path, lines: int = 12) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    # faust writes terminal control sequences around its spinner
+    text = text.replace("\x1b[?25l", "").replace("\x1b[?25h", "")
+    return "\n".join(f"    | {line}" for line in text.strip().splitlines()[-lines:])
+
+
+@dataclass
+class Target:
+    """One benchmark run kind."""
+
+    name: str
+    description: str
+    workload: str                          # "events" | "events+labels"
+    windows: tuple[WindowDef, ...]
+    scored: bool = False                   # outputs carry a model score
+    subset: bool = False                   # runs on the first --naive-events events only
+
+    def instance(self, broker: str, tag: str, workdir: Path, partitions: int) -> Instance:
+        raise NotImplementedError
+
+    def precheck(self) -> None:
+        """Raise :class:`RunFailed` early when the target cannot run here."""
+
+
+@dataclass
+class Instance:
+    broker: str
+    tag: str
+    workdir: Path
+    partitions: int
+    input_topic: str = ""
+    output_topics: tuple[str, ...] = ()
+    dlq_topic: str | None = None
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def topics(self) -> list[str]:
+        return [self.input_topic, *self.output_topics, *([self.dlq_topic] if self.dlq_topic else [])]
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def create_topics(self) -> None:
+        raise NotImplementedError
+
+    def start(self, expected_records: int, expected_outputs: int) -> None:
+        raise NotImplementedError
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        raise NotImplementedError
+
+    def progress(self) -> tuple[int, bool]:
+        """(records or outputs processed so far, done)."""
+        raise NotImplementedError
+
+    def check_alive(self) -> None:
+        for p, log in zip(self.procs, self.logs):
+            if p.poll() is not None:
+                raise RunFailed(f"{self.tag}: process exited with code {p.returncode}; log {log}:\n{log_tail(log)}")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def extra(self) -> dict[str, Any]:
+        """Per-instance figures worth keeping (e.g. records per worker)."""
+        return {}
+
+
+# -- (a) raw -------------------------------------------------------------------
+class RawTarget(Target):
+    def instance(self, broker: str, tag: str, workdir: Path, partitions: int) -> Instance:
+        return _StatusInstance(broker, tag, workdir, partitions, input_topic=f"{tag}-events",
+                               output_topics=(f"{tag}-out",), module="benchmarks.raw")
+
+
+# -- (b) faust_naive -------------------------------------------------------------
+class FaustNaiveTarget(Target):
+    def instance(self, broker: str, tag: str, workdir: Path, partitions: int) -> Instance:
+        return _StatusInstance(broker, tag, workdir, partitions, input_topic=f"{tag}-events",
+                               output_topics=(f"{tag}-out",), module="benchmarks.faust_naive")
+
+
+@dataclass
+class _StatusInstance(Instance):
+    """A benchmark subprocess that reports through a status file (raw, faust_naive)."""
+
+    module: str = ""
+
+    @property
+    def status_path(self) -> Path:
+        return self.workdir / f"{self.tag}.status"
+
+    @property
+    def app_id(self) -> str:
+        return f"{self.tag}-app"
+
+    def create_topics(self) -> None:
+        topics = {self.input_topic: self.partitions, self.output_topics[0]: self.partitions}
+        if self.module.endswith("faust_naive"):
+            topics[changelog_topic(self.app_id)] = self.partitions
+        create_topics(self.broker, topics)
+
+    @property
+    def topics(self) -> list[str]:
+        extra = [changelog_topic(self.app_id)] if self.module.endswith("faust_naive") else []
+        return [*super().topics, *extra]
+
+    def start(self, expected_records: int, expected_outputs: int) -> None:
+        log = self.workdir / f"{self.tag}.log"
+        cmd = [sys.executable, "-m", self.module, "--broker", self.broker, "--topic", self.input_topic,
+               "--out-topic", self.output_topics[0], "--partitions", str(self.partitions),
+               "--expected", str(expected_outputs), "--status", str(self.status_path)]
+        if self.module.endswith("faust_naive"):
+            cmd += ["--app-id", self.app_id, "--datadir", str(self.workdir / f"{self.tag}-data"),
+                    "--web-port", str(free_port())]
+        else:
+            cmd += ["--group", self.app_id]
+        self.logs = [log]
+        self.procs = [subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL)]
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            st = read_status(self.status_path)
+            if st is not None:
+                return
+            time.sleep(0.05)
+        raise RunFailed(f"{self.tag}: not consuming within {timeout}s; log {self.logs[0]}:\n{log_tail(self.logs[0])}")
+
+    def progress(self) -> tuple[int, bool]:
+        st = read_status(self.status_path) or {"phase": "ready", "n": 0}
+        if st["phase"] == "failed":
+            raise RunFailed(f"{self.tag}: {st}")
+        return int(st["n"]), st["phase"] == "done"
+
+
+# -- (c)(d)(e) streamscore workers -------------------------------------------------
+@dataclass
+class WorkerTarget(Target):
+    pipeline: str = ""                     # file name under benchmarks/pipelines
+    workers: int = 1
+
+    @property
+    def pipeline_path(self) -> Path:
+        return PIPELINES / self.pipeline
+
+    def precheck(self) -> None:
+        """Fail fast (with the reason) if this streamscore cannot load the spec."""
+        try:
+            from streams.spec import load_spec
+
+            load_spec(self.pipeline_path)
+        except Exception as exc:
+            raise RunFailed(f"streamscore cannot load benchmarks/pipelines/{self.pipeline} "
+                            f"({type(exc).__name__}: {exc})") from exc
+
+    def instance(self, broker: str, tag: str, workdir: Path, partitions: int) -> Instance:
+        return _WorkerInstance(broker, tag, workdir, partitions, pipeline=str(self.pipeline_path),
+                               workers=self.workers)
+
+
+@dataclass
+class _WorkerInstance(Instance):
+    pipeline: str = ""
+    workers: int = 1
+    settings: list[Settings] = field(default_factory=list)
+    _expected_records: int = 0
+    _last: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for i in range(self.workers):
+            self.settings.append(Settings(
+                broker=self.broker, app_id=f"{self.tag}-app", topic_prefix=f"{self.tag}-",
+                pipeline=self.pipeline, partitions=self.partitions,
+                state_dir=self.workdir / f"{self.tag}-state{i}", web_port=free_port(),
+                metrics_port=free_port(), session_timeout_s=6.0, log_level="warning"))
+        s = self.settings[0]
+        self.input_topic = s.topic("events")
+        self.output_topics = (s.topic("predictions"),)
+        self.dlq_topic = s.topic("dlq")
+
+    @property
+    def topics(self) -> list[str]:
+        s = self.settings[0]
+        return [s.topic(t) for t in ("events", "labels", "predictions", "dlq", "metrics")]
+
+    def create_topics(self) -> None:
+        from streams.demo import all_topics
+
+        create_topics(self.broker, all_topics(self.settings[0]))
+
+    def start(self, expected_records: int, expected_outputs: int) -> None:
+        from streams.demo import start_worker
+
+        self._expected_records = expected_records
+        self.logs = [self.workdir / f"{self.tag}-worker{i}.log" for i in range(self.workers)]
+        self.procs = [start_worker(s, log) for s, log in zip(self.settings, self.logs)]
+        self._last = [0.0] * self.workers
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        from streams.demo import wait_ready
+
+        for s, p, log in zip(self.settings, self.procs, self.logs):
+            try:
+                wait_ready(s, p, log, timeout=timeout)
+            except (RuntimeError, TimeoutError) as exc:
+                raise RunFailed(f"{self.tag}: {exc}\n{log_tail(log)}") from exc
+
+    def _scrape(self, s: Settings) -> dict[str, float]:
+        url = f"http://{s.metrics_host}:{s.metrics_port}/metrics"
+        body = urllib.request.urlopen(url, timeout=2).read().decode()
+        out: dict[str, float] = {}
+        for line in body.splitlines():
+            if line.startswith("streamscore_worker_events_in_total{") and 'topic="events"' in line:
+                out["events_in"] = float(line.split()[-1])
+            elif line.startswith("streamscore_worker_assigned_partitions "):
+                out["assigned"] = float(line.split()[-1])
+        return out
+
+    def progress(self) -> tuple[int, bool]:
+        for i, s in enumerate(self.settings):
+            try:
+                self._last[i] = self._scrape(s).get("events_in", 0.0)
+            except OSError:
+                pass                      # keep the last value; check_alive catches a dead worker
+        n = int(sum(self._last))
+        return n, n >= self._expected_records
+
+    def extra(self) -> dict[str, Any]:
+        return {"records_per_worker": [int(x) for x in self._last]} if self.workers > 1 else {}
+
+
+def _user_window(size_ms: int) -> tuple[WindowDef, ...]:
+    return (WindowDef("user", "amount", size_ms),)
+
+
+FULL_WINDOWS = tuple(WindowDef(k, "amount", size) for k in ("user", "merchant", "country")
+                     for size in (60_000, 600_000, 3_600_000))
+
+TARGETS: dict[str, Target] = {
+    "raw": RawTarget("raw", "confluent-kafka loop + orjson + dict, 1 process", "events", _user_window(60_000)),
+    "faust_naive": FaustNaiveTarget(
+        "faust_naive", "faust agent, per event, RocksDB table, await send()", "events",
+        _user_window(60_000), subset=True),
+    "windowed": WorkerTarget("windowed", "streamscore worker, 1 window, no model", "events",
+                             _user_window(60_000), pipeline="windowed.toml"),
+    "full": WorkerTarget("full", "streamscore worker, 9 windows + River LR, inline labels",
+                         "events+labels", FULL_WINDOWS, scored=True, pipeline="full.toml"),
+    "full_2workers": WorkerTarget("full_2workers", "2 streamscore workers of `full`, one group",
+                                  "events+labels", FULL_WINDOWS, scored=True, pipeline="full.toml", workers=2),
+}
