@@ -181,8 +181,15 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
                     await asyncio.sleep(0.05)
                     continue
                 generation = self.app.consumer_generation_id
-                msgs = await loop.run_in_executor(None, rk.consume, self.poll_max, 0.05)
-                if not msgs or not self.flow_active or self.app.consumer_generation_id != generation:
+                # what is already fetched, at once; else wait (off the loop) for the first record
+                # only: consume(n, timeout) would hold a partial batch until n or the timeout
+                msgs = rk.consume(self.poll_max, 0)
+                if not msgs:
+                    first = await loop.run_in_executor(None, rk.poll, 0.05)
+                    if first is None:
+                        continue
+                    msgs = [first, *rk.consume(self.poll_max - 1, 0)]
+                if not self.flow_active or self.app.consumer_generation_id != generation:
                     continue
                 batches: dict[tuple[str, int], list[Record]] = {}
                 for m in msgs:
@@ -244,7 +251,7 @@ class LibrdkafkaBatchTransport(faust_aiokafka.Transport):
 
 
 def install(app: Any, topics: frozenset[str], handler: BatchHandler,
-            rk_config: dict[str, Any] | None = None) -> None:
+            rk_config: dict[str, Any] | None = None, poll_max: int = 10_000) -> None:
     """Route ``topics`` of ``app``'s consumer to ``handler`` in batches.
 
     Call before the app starts; the app must build its transport with
@@ -261,3 +268,4 @@ def install(app: Any, topics: frozenset[str], handler: BatchHandler,
         if not rk_config or "group.id" not in rk_config:
             raise ValueError("the librdkafka fetch path needs rk_config with the app's group.id")
         consumer.rk_config = dict(rk_config)
+        consumer.poll_max = poll_max

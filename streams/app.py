@@ -120,8 +120,13 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
         "client.id": f"{settings.app_id}-fetch",
         "enable.auto.offset.store": False,
         "queued.min.messages": 20_000,
+        # the embedded broker answers an empty fetch only when fetch.wait.max.ms
+        # expires (500 ms by default): that wait is the latency floor of a worker
+        # that keeps up, so keep it short
+        "fetch.wait.max.ms": 5,
     })
-    _faust_hooks.install(app, scorer.batch_topics, scorer.handle, rk_config=rk_config)
+    _faust_hooks.install(app, scorer.batch_topics, scorer.handle, rk_config=rk_config,
+                         poll_max=settings.batch_max)
     return app
 
 
