@@ -183,6 +183,7 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
                 generation = self.app.consumer_generation_id
                 # what is already fetched, at once; else wait (off the loop) for the first record
                 # only: consume(n, timeout) would hold a partial batch until n or the timeout
+                await asyncio.sleep(0)  # yield: faust's commit timer and rebalance callbacks run here
                 msgs = rk.consume(self.poll_max, 0)
                 if not msgs:
                     first = await loop.run_in_executor(None, rk.poll, 0.05)

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     pipeline: str = Field("online_retail", description="Pipeline name (pipelines/NAME.toml) or path to a spec file.")
     fetcher: Literal["librdkafka", "aiokafka"] = Field(
         "librdkafka", description="Who fetches the events/labels records: librdkafka (fast) or faust's aiokafka.")
-    batch_max: int = Field(5000, ge=1, description="Most records fetched per partition per poll (micro-batch bound).")
+    batch_max: int = Field(10_000, ge=1, description="Most records handed over per fetch (micro-batch bound; split by partition).")
     commit_interval_s: float = Field(1.0, gt=0, description="Seconds between offset commits (outputs and state are flushed first).")
     max_event_bytes: int = Field(1_000_000, ge=1, description="Larger records go to the dlq as 'oversized'.")
     state_dir: Path = Field(Path("state"), description="Directory of the RocksDB state stores.")
