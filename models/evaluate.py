@@ -16,7 +16,7 @@ Mann-Whitney AUC with ties inside a bin counted as half.
 
 from __future__ import annotations
 
-from river import metrics
+from river import metrics, utils
 
 
 class BinnedROCAUC:
@@ -61,9 +61,10 @@ class BinnedROCAUC:
 class Prequential:
     """Accuracy, log loss and ROC AUC of probabilities scored before learning."""
 
-    def __init__(self, threshold: float = 0.5) -> None:
+    def __init__(self, threshold: float = 0.5, window: int = 1000) -> None:
         self.threshold = threshold
         self.accuracy = metrics.Accuracy()
+        self.rolling_accuracy = utils.Rolling(metrics.Accuracy, window_size=window)
         self.log_loss = metrics.LogLoss()
         self.roc_auc = BinnedROCAUC()
         self.n = 0
@@ -71,6 +72,7 @@ class Prequential:
     def update(self, y: bool | int, p_true: float) -> None:
         y = bool(y)
         self.accuracy.update(y, p_true > self.threshold)  # a tie is class 0, as River's argmax
+        self.rolling_accuracy.update(y, p_true > self.threshold)
         self.log_loss.update(y, {True: p_true, False: 1.0 - p_true})
         self.roc_auc.update(y, p_true)
         self.n += 1
@@ -87,6 +89,7 @@ class Prequential:
         """Plain data from which several partitions' figures merge exactly (see :func:`merge`)."""
         return {
             **self.get(),
+            "rolling_accuracy": float(self.rolling_accuracy.get()),
             "auc_pos": {str(i): c for i, c in enumerate(self.roc_auc.pos) if c},   # JSON: string keys
             "auc_neg": {str(i): c for i, c in enumerate(self.roc_auc.neg) if c},
         }

@@ -116,6 +116,7 @@ class OutputReader:
         self.duplicates = 0
         self.dlq: list[dict[str, Any]] = []
         self.metrics: dict[tuple[str, int], dict[str, Any]] = {}
+        self.snapshots: list[dict[str, Any]] = []        # every metrics-topic snapshot, in arrival order
         self._c = Consumer(settings.consumer_config(group=f"{settings.app_id}-demo-reader"))
         meta = self._c.list_topics(timeout=10)
         tps = [TopicPartition(settings.topic(t), p, OFFSET_BEGINNING)
@@ -147,6 +148,7 @@ class OutputReader:
                 n += 1
             else:
                 self.metrics[(doc["worker"], doc["partition"])] = doc
+                self.snapshots.append(doc)
         return n
 
     def close(self) -> None:
@@ -193,7 +195,27 @@ def prequential_report(stream: Path, spec: PipelineSpec, predictions: dict[str, 
     return {k: p.get() for k, p in preq.items()}, rolling, unmatched
 
 
-def plot_rolling(rolling: dict[str, list[float]], path: Path, title: str, window: int) -> None:
+def snapshot_curve(snapshots: list[dict[str, Any]], model: str) -> tuple[list[int], list[float]]:
+    """(labels seen, rolling accuracy) after each metrics snapshot, over all partitions.
+
+    Each partition's newest snapshot so far counts; the partitions' rolling
+    accuracies (last 1,000 labels each) are averaged weighted by their label counts.
+    """
+    latest: dict[int, dict[str, Any]] = {}
+    xs: list[int] = []
+    ys: list[float] = []
+    for snap in sorted(snapshots, key=lambda d: d["ts"]):
+        latest[snap["partition"]] = snap
+        figs = [s["models"][model] for s in latest.values() if model in s.get("models", {})]
+        n = sum(int(f["n"]) for f in figs)
+        if n:
+            xs.append(n)
+            ys.append(sum(f.get("rolling_accuracy", 0.0) * int(f["n"]) for f in figs) / n)
+    return xs, ys
+
+
+def plot_rolling(rolling: dict[str, list[float]], path: Path, title: str, window: int,
+                 from_metrics: dict[str, tuple[list[int], list[float]]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,6 +225,8 @@ def plot_rolling(rolling: dict[str, list[float]], path: Path, title: str, window
     for name, ys in rolling.items():
         style = {"linestyle": "--", "color": "grey"} if name.startswith("majority") else {}
         ax.plot(range(window, window + len(ys)), ys, label=name, linewidth=1, **style)
+    for name, (xs, ys) in (from_metrics or {}).items():
+        ax.plot(xs, ys, "o", markersize=4, label=f"{name}: worker metrics topic (per-partition rolling)")
     ax.set_xlabel("labelled events (in label order)")
     ax.set_ylabel(f"accuracy over the last {window}")
     ax.set_title(title)
@@ -235,7 +259,7 @@ def run_demo(pipeline: str = "online_retail", *, report_path: Path = Path("repor
         settings = Settings(broker=broker.bootstrap, app_id=f"demo-{spec.name}", topic_prefix=f"demo-{spec.name}-",
                             pipeline=spec.name, partitions=partitions, state_dir=workdir / "state",
                             web_port=free_port(), metrics_port=free_port(), session_timeout_s=6.0,
-                            metrics_interval_s=2.0)
+                            metrics_interval_s=0.5)
         echo(f"broker: Tansu on {broker.bootstrap}; worker log: {workdir / 'worker.log'}")
         create_topics(broker.bootstrap, all_topics(settings))
         worker = start_worker(settings, workdir / "worker.log")
@@ -316,7 +340,8 @@ def run_demo(pipeline: str = "online_retail", *, report_path: Path = Path("repor
     }
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    plot_rolling(rolling, plot_path, f"{spec.name}: rolling prequential accuracy", 1000)
+    curves = {m.name: snapshot_curve(reader.snapshots, m.name) for m in spec.models}
+    plot_rolling(rolling, plot_path, f"{spec.name}: rolling prequential accuracy (last 1,000 labels)", 1000, curves)
     echo(format_report(report))
     echo(f"report: {report_path}   plot: {plot_path}")
     return report
