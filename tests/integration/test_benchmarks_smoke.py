@@ -1,0 +1,26 @@
+"""The benchmark harness still runs and its correctness checks pass (no speed asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_smoke_runs_are_correct(tmp_path: Path):
+    results = tmp_path / "latest.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--events", "3000", "--repeat", "1", "--only", "raw,windowed,full",
+         "--no-latency", "--results", str(results), "--markdown", str(tmp_path / "B.md")],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = json.loads(results.read_text())["runs"]
+    assert set(runs) == {"raw", "windowed", "full"}
+    for name, run in runs.items():
+        assert run["correct"] is True, name
+        assert run["events_per_s"] > 0, name
