@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from river import base, compose, forest, linear_model, optim, preprocessing, tree
 
 from models.base import ModelSpec
+
+if TYPE_CHECKING:
+    from models.online import OnlineModel
 
 
 @dataclass(frozen=True)

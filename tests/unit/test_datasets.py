@@ -146,7 +146,7 @@ def test_elec2_full(elec2: list[Record]) -> None:
 def test_elec2_reproduces_progressive_val_score() -> None:
     """A predict-on-event / learn-on-inline-label consumer equals river's evaluator."""
     river = pytest.importorskip("river")
-    from river import compose, evaluate, linear_model, metrics, preprocessing, stream
+    from river import compose, evaluate, linear_model, metrics, preprocessing
 
     n = 3_000
 

@@ -10,71 +10,28 @@ STREAMSCORE_REQUIRE_NATIVE=1 is set.
 from __future__ import annotations
 
 import math
-import os
 import threading
 
 import numpy as np
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ext
-from ext import _reference as ref
-
-try:
-    from ext import _native as nat
-except ImportError as _exc:  # not built (or broken)
-    nat = None
-    NATIVE_IMPORT_ERROR: str | None = f"{type(_exc).__name__}: {_exc}"
-else:
-    NATIVE_IMPORT_ERROR = None
-
+from tests.unit.ext_backends import (
+    PARITY,
+    assert_bits_equal,
+    nat,
+    ref,
+)
+from tests.unit.ext_backends import require_native as _require_native
 I64_MIN = -(1 << 63)
 I64_MAX = (1 << 63) - 1
 INF = math.inf
-REQUIRE_NATIVE = os.environ.get("STREAMSCORE_REQUIRE_NATIVE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _require_native():
-    if nat is None:
-        msg = f"native extension ext._native is not importable ({NATIVE_IMPORT_ERROR})"
-        if REQUIRE_NATIVE:
-            pytest.fail(msg + " but STREAMSCORE_REQUIRE_NATIVE=1 is set")
-        pytest.skip(msg + "; build it with `pip install --no-build-isolation --no-deps -e .`")
-    return nat
-
-
-@pytest.fixture
-def native():
-    return _require_native()
-
-
-@pytest.fixture(params=["native", "reference"])
-def backend(request):
-    return _require_native() if request.param == "native" else ref
-
-
-PARITY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
 # -- helpers -----------------------------------------------------------------
 
 
-def bits(x) -> np.ndarray:
-    a = np.array(x, dtype=np.float64, copy=True, ndmin=1)
-    a[np.isnan(a)] = np.nan
-    return a.view(np.uint64)
-
-
-def assert_bits_equal(a, b, what: str = "") -> None:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, (what, a.shape, b.shape)
-    if not np.array_equal(bits(a), bits(b)):
-        bad = np.argwhere((bits(a) != bits(b)).reshape(a.shape))[:5]
-        detail = [(tuple(i), a[tuple(i)], b[tuple(i)]) for i in bad]
-        raise AssertionError(f"{what}: not bit-identical at {detail}")
 
 
 def assert_same_dirty(a, b, what: str = "") -> None:

@@ -99,6 +99,7 @@ def test_parity_with_river_lockstep(tmp_path: Path, elec2_records: list[dict[str
     # lockstep reference: predict event i, then learn label i
     expected: list[float] = []
     n_events = 0
+    x: dict[str, float] = {}
     for row in elec2_records:
         v = row["value"]
         if "label" in v:
