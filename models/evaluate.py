@@ -16,7 +16,7 @@ Mann-Whitney AUC with ties inside a bin counted as half.
 
 from __future__ import annotations
 
-from river import metrics, utils
+from river import drift, metrics, utils
 
 
 class BinnedROCAUC:
@@ -65,6 +65,8 @@ class Prequential:
         self.threshold = threshold
         self.accuracy = metrics.Accuracy()
         self.rolling_accuracy = utils.Rolling(metrics.Accuracy, window_size=window)
+        self.drift = drift.ADWIN()     # on the 0/1 error stream: a change in error rate is concept drift
+        self.drifts = 0
         self.log_loss = metrics.LogLoss()
         self.roc_auc = BinnedROCAUC()
         self.n = 0
@@ -73,6 +75,9 @@ class Prequential:
         y = bool(y)
         self.accuracy.update(y, p_true > self.threshold)  # a tie is class 0, as River's argmax
         self.rolling_accuracy.update(y, p_true > self.threshold)
+        self.drift.update(float((p_true > self.threshold) != y))
+        if self.drift.drift_detected:
+            self.drifts += 1
         self.log_loss.update(y, {True: p_true, False: 1.0 - p_true})
         self.roc_auc.update(y, p_true)
         self.n += 1
@@ -90,6 +95,7 @@ class Prequential:
         return {
             **self.get(),
             "rolling_accuracy": float(self.rolling_accuracy.get()),
+            "drifts": self.drifts,
             "auc_pos": {str(i): c for i, c in enumerate(self.roc_auc.pos) if c},   # JSON: string keys
             "auc_neg": {str(i): c for i, c in enumerate(self.roc_auc.neg) if c},
         }

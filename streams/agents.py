@@ -50,6 +50,7 @@ class BatchScorer:
         self.worker_id = f"{os.uname().nodename}-{os.getpid()}"
         #: (logical topic, partition) -> records behind the fetch high watermark
         self.lag: dict[tuple[str, int], int] = {}
+        self._drifts_seen: dict[tuple[int, str], int] = {}
         self.metrics.bind(self)  # lag and state size read at scrape time; build info
 
     @property
@@ -129,6 +130,10 @@ class BatchScorer:
             for name, figures in snap["models"].items():
                 for metric in ("accuracy", "log_loss", "roc_auc"):
                     self.metrics.model_metric.labels(model=name, metric=metric, partition=str(p)).set(figures[metric])
+                new = figures["drifts"] - self._drifts_seen.get((p, name), 0)
+                if new > 0:
+                    self.metrics.drifts.labels(model=name).inc(new)
+                    self._drifts_seen[(p, name)] = figures["drifts"]
             doc = {"worker": self.worker_id, "pipeline": self.spec.name, "ts": now, **snap}
             self.producer.produce(self._topics["metrics"], orjson.dumps(doc), self.worker_id.encode())
         self.producer.poll(0)

@@ -160,6 +160,9 @@ class Metrics:
         self.model_metric = Gauge("streamscore_model_prequential",
                                   "Prequential metric of a model on one partition.",
                                   ["model", "metric", "partition"], registry=r)
+        self.drifts = Counter("streamscore_model_drift_detections",
+                              "Concept drifts detected by ADWIN on a model's prequential error stream.",
+                              ["model"], registry=r)
         self.build_info = Info("streamscore_build", "Pipeline and streamscore version of this worker (value 1).",
                                registry=r)
         self.worker = WorkerCollector()
@@ -189,6 +192,8 @@ class Metrics:
         if spec is not None:  # the label BatchScorer counts predictions under
             models = getattr(spec, "models", None) or ()
             self.predictions.labels(model=str(models[0].name) if models else "features")
+            for m in models:
+                self.drifts.labels(model=str(m.name))
 
     def set_build_info(self, pipeline: str, version: str | None = None) -> None:
         self.build_info.info({"pipeline": pipeline, "version": version or _version()})

@@ -283,3 +283,15 @@ def test_prequential_on_model_matches_river_directly() -> None:
         m.learn_one(x, y)
     assert pre.get()["roc_auc"] == pytest.approx(_mann_whitney(seen), abs=2e-3)
     assert pre.get()["log_loss"] == pytest.approx(ll.get(), abs=1e-12)
+
+
+def test_adwin_counts_a_change_in_error_rate_and_not_a_stable_one() -> None:
+    rng = random.Random(5)
+    stable, shifted = Prequential(), Prequential()
+    for i in range(4000):
+        y = rng.random() < 0.5
+        stable.update(y, 0.9 if (y if rng.random() < 0.9 else not y) else 0.1)   # 90 % right throughout
+        right = rng.random() < (0.95 if i < 2000 else 0.3)                        # 95 % right, then 30 %
+        shifted.update(y, 0.9 if (y if right else not y) else 0.1)
+    assert shifted.state()["drifts"] >= 1
+    assert stable.state()["drifts"] == 0
