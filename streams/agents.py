@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaException, Producer
 
+from models import persistence
 from streams.metrics import Metrics
 from streams.processor import PartitionProcessor
 from streams.settings import Settings
@@ -64,6 +65,13 @@ class BatchScorer:
                 **{"client.id": f"{self.settings.app_id}-out", "enable.idempotence": False}))
         return self._producer
 
+    @property
+    def snapshot_key(self) -> bytes:
+        """HMAC key of model snapshots: the configured one, else this state directory's key file."""
+        if self.settings.snapshot_key is not None:
+            return self.settings.snapshot_key.get_secret_value().encode()
+        return persistence.key_file(self.settings.state_dir / self.settings.app_id / ".snapshot-key")
+
     def state_path(self, partition: int) -> Path:
         return (self.settings.state_dir / self.settings.app_id / self.spec.name
                 / f"{self._topics['events']}-{partition}")
@@ -72,7 +80,8 @@ class BatchScorer:
         proc = self.processors.get(partition)
         if proc is None:
             proc = PartitionProcessor(self.spec, PartitionStore(self.state_path(partition)), partition,
-                                      max_event_bytes=self.settings.max_event_bytes)
+                                      max_event_bytes=self.settings.max_event_bytes,
+                                      snapshot_key=self.snapshot_key)
             self.processors[partition] = proc
         return proc
 

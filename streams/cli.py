@@ -46,7 +46,7 @@ def _settings_flags(p: argparse.ArgumentParser, *names: str) -> None:
     for name in names:
         f = Settings.model_fields[name]
         flag = "--" + name.replace("_", "-")
-        secret = "password" in name
+        secret = "password" in name or name.endswith("_key")
         default = "" if secret else f" Default: {f.default!r}." if f.default in ("", None) else f" Default: {f.default}."
         g.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper(),
                        help=f"{f.description} [env: {Settings.env_name(name)}]{default}".replace("%", "%%"))
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         --metrics-port) to share the partitions. Stops cleanly on SIGTERM/Ctrl-C,
         flushing outputs and state before the last offset commit.""")
     _settings_flags(sp, *KAFKA, "app_id", "pipeline", "partitions", "session_timeout_s", "fetcher", "batch_max",
-                    "commit_interval_s", "max_event_bytes", "state_dir", "web_port", "metrics_host",
+                    "commit_interval_s", "max_event_bytes", "state_dir", "snapshot_key", "web_port", "metrics_host",
                     "metrics_port", "metrics_interval_s", "log_level")
     sp.set_defaults(func=cmd_worker)
 

@@ -40,11 +40,20 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from models import Prequential, build_model
+from models import Prequential, build_model, persistence
+from models.base import ModelSpec
 from streams.features import Windows
 from streams.schemas import Codec, Decoded, Reason
 from streams.spec import PipelineSpec
 from streams.state import PartitionStore
+
+
+def _snapshot_key(spec: PipelineSpec, model: ModelSpec) -> str:
+    """State key of a model's snapshot: changes when the model or its inputs change."""
+    import hashlib
+
+    ident = repr((model.kind, sorted(model.params.items()), spec.model_numeric, spec.categorical))
+    return f"m:{model.name}:{hashlib.sha1(ident.encode()).hexdigest()[:10]}"
 
 
 class Record(NamedTuple):
@@ -82,7 +91,7 @@ class PartitionProcessor:
     """Models, prequential metrics and state of one partition."""
 
     def __init__(self, spec: PipelineSpec, store: PartitionStore, partition: int, *,
-                 max_event_bytes: int = 1_000_000,
+                 max_event_bytes: int = 1_000_000, snapshot_key: bytes | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.spec = spec
         self.store = store
@@ -93,6 +102,31 @@ class PartitionProcessor:
         self.prequential = {m.name: Prequential(spec.threshold) for m in spec.models}
         self.clock = clock
         self.last_stats = BatchStats()
+        self.snapshot_key = snapshot_key
+        self._snapshot_keys = {m.name: _snapshot_key(spec, m) for m in spec.models}
+        self._learned_since_snapshot = False
+        if snapshot_key is not None:
+            self._restore()
+
+    # -- model snapshots -------------------------------------------------------
+    def _restore(self) -> None:
+        """Continue each model (and its prequential metrics) from its signed snapshot, if any."""
+        assert self.snapshot_key is not None
+        for m in self.models:
+            blob = self.store.get(self._snapshot_keys[m.name])
+            if blob is None:
+                continue
+            snap = persistence.loads(blob, self.snapshot_key)   # refuses unsigned or tampered bytes
+            m.estimator, m.n_learned = snap["estimator"], snap["n_learned"]
+            self.prequential[m.name] = snap["prequential"]
+
+    def _snapshot(self) -> None:
+        assert self.snapshot_key is not None
+        for m in self.models:
+            self.store.put(self._snapshot_keys[m.name], persistence.dumps(
+                {"estimator": m.estimator, "n_learned": m.n_learned, "prequential": self.prequential[m.name]},
+                self.snapshot_key))
+        self._learned_since_snapshot = False
 
     # -- batch entry point -------------------------------------------------
     def process(self, topic: str, records: Sequence[Any]) -> list[Output]:
@@ -216,6 +250,7 @@ class PartitionProcessor:
         for m in self.models:
             self.prequential[m.name].update(y, scores[m.name])
             m.learn_one(x, y)
+        self._learned_since_snapshot = True
         # the feature snapshot has served its purpose: keep only a small "labelled" marker
         self.store.delete("e:" + eid)
         self.store.put("y:" + eid, b"1")
@@ -238,9 +273,16 @@ class PartitionProcessor:
         }
 
     def flush(self) -> int:
-        """Write window state, then every dirty key, in one RocksDB batch."""
+        """Write window state and model snapshots, then every dirty key, in one RocksDB batch.
+
+        Models, windows, stored predictions and labelled markers are written
+        together, so after a crash they agree with each other and with the
+        committed offsets (which faust writes only after this).
+        """
         if self.windows is not None:
             self.windows.flush(self.store.put)
+        if self.snapshot_key is not None and self._learned_since_snapshot:
+            self._snapshot()
         return self.store.flush()
 
     def close(self) -> None:

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(1.0, gt=0, description="Seconds between offset commits (outputs and state are flushed first).")
     max_event_bytes: int = Field(1_000_000, ge=1, description="Larger records go to the dlq as 'oversized'.")
     state_dir: Path = Field(Path("state"), description="Directory of the RocksDB state stores.")
+    snapshot_key: SecretStr | None = Field(
+        None, description="HMAC key of model snapshots (default: a random key file in the state directory).")
 
     # Ports and observability
     web_port: int = Field(6066, ge=0, le=65535, description="faust's web port (faust binds it even when disabled): one per process.")

@@ -20,7 +20,7 @@ def test_restart_resumes_from_committed_offsets(make_settings, tmp_path, fetcher
     proc = start_worker(s, log)
     try:
         wait_ready(s, proc, log)
-        produce(s, [event(i) for i in range(300)])
+        produce(s, [r for i in range(300) for r in (event(i), {"event_id": f"e{i}", "ts": i, "label": i % 2})])
         wait_for(reader, 300, worker=proc)
         time.sleep(2 * s.commit_interval_s + 0.5)        # let a commit happen
     finally:
@@ -37,6 +37,8 @@ def test_restart_resumes_from_committed_offsets(make_settings, tmp_path, fetcher
     assert sorted(reader.predictions) == sorted(f"e{i}" for i in range(400))
     assert reader.duplicates == 0                       # nothing before the commit was re-read
     assert reader.dlq == []
+    # the model continued from its signed snapshot: it had learned 300 labels before the restart
+    assert {reader.predictions[f"e{i}"]["model_version"] for i in range(300, 400)} == {"lr@300"}
 
 
 def test_two_workers_share_partitions_and_score_every_event(make_settings, tmp_path):

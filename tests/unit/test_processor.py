@@ -322,3 +322,52 @@ def test_online_retail_labels_are_learned(tmp_path: Path) -> None:
     st = p.last_stats
     assert st.labels_joined + st.labels_pending == len(labels)
     assert st.labels_joined > 0 and n_learned(p) == st.labels_joined
+
+
+# -- model snapshots -------------------------------------------------------------------------
+def _labelled(n: int, start: int = 0) -> list:
+    recs = []
+    for i in range(start, start + n):
+        ev = {"event_id": f"s{i}", "ts": i, **{f: ((i * 7 + k) % 11) / 10 for k, f in enumerate(SPEC.numeric)}}
+        recs.append(Record(2 * i, b"nsw", orjson.dumps(ev), 1))
+        recs.append(Record(2 * i + 1, b"nsw", orjson.dumps({"event_id": f"s{i}", "ts": i, "label": i % 3 == 0}), 1))
+    return recs
+
+
+def test_models_continue_from_their_signed_snapshot(tmp_path):
+    key = b"k" * 32
+    first, rest = _labelled(200), _labelled(50, start=200)
+    straight = PartitionProcessor(SPEC, PartitionStore(tmp_path / "a"), 0, snapshot_key=key)
+    straight.process("events", first)
+    expected = straight.process("events", rest)
+
+    p = PartitionProcessor(SPEC, PartitionStore(tmp_path / "b"), 0, snapshot_key=key)
+    p.process("events", first)
+    p.flush()
+    p.close()
+    again = PartitionProcessor(SPEC, PartitionStore(tmp_path / "b"), 0, snapshot_key=key)   # a restart
+    assert again.models[0].n_learned == 200
+    got = again.process("events", rest)
+
+    def scored(outs):  # everything but the wall-clock timing fields
+        return [{k: v for k, v in orjson.loads(o.value).items() if k not in ("processing_ms", "latency_ms")}
+                for o in outs if o.topic == "predictions"]
+
+    assert scored(got) == scored(expected) and len(scored(got)) == 50
+    assert again.prequential["lr"].get() == straight.prequential["lr"].get()
+
+
+def test_tampered_or_foreign_snapshot_is_refused(tmp_path):
+    from models.persistence import SnapshotError
+
+    p = PartitionProcessor(SPEC, PartitionStore(tmp_path / "s"), 0, snapshot_key=b"k" * 32)
+    p.process("events", _labelled(20))
+    p.flush()
+    key = next(k for k in p._snapshot_keys.values())
+    blob = p.store.get(key)
+    p.store.put(key, blob[:-5] + b"xxxxx")
+    p.close()
+    with pytest.raises(SnapshotError, match="does not match"):
+        PartitionProcessor(SPEC, PartitionStore(tmp_path / "s"), 0, snapshot_key=b"k" * 32)
+    with pytest.raises(SnapshotError):
+        PartitionProcessor(SPEC, PartitionStore(tmp_path / "s"), 0, snapshot_key=b"other key, 32 bytes long......")
