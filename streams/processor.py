@@ -10,7 +10,10 @@ Semantics, per partition and in offset order (also inside a batch):
   before it; its feature vector and scores are stored under its event id, and
   the prediction is published;
 * a **redelivered event** (same event id) is answered with the stored
-  prediction, byte for byte, and trains nothing;
+  prediction, byte for byte, and trains nothing; a prediction holds no
+  wall-clock figure, so an event processed again after a crash (before its
+  state was written) gets the same bytes too: latency lives in the metrics
+  and in the Kafka timestamps;
 * a **label** (inline on the events topic, or on the labels topic) joins the
   stored features of its event, updates the prequential metrics with the score
   made at prediction time, then trains each model once; a label that comes
@@ -189,10 +192,7 @@ class PartitionProcessor:
             x = {**x, **feats}
         if not self.models:
             now = self.clock()
-            pred = orjson.dumps({
-                "event_id": eid, "key": d.key, "ts": d.ts, "features": feats,
-                "latency_ms": now * 1000.0 - now_ms if now_ms else None,
-            })
+            pred = orjson.dumps({"event_id": eid, "key": d.key, "ts": d.ts, "features": feats})
             self.store.put("p:" + eid, pred)
             out.append(Output("predictions", rec.key, pred))
             stats.predictions += 1
@@ -213,8 +213,6 @@ class PartitionProcessor:
             "model_version": champion.version,
             "scores": scores,
             **({"features": feats} if feats else {}),
-            "processing_ms": (now - start) * 1000.0,
-            "latency_ms": now * 1000.0 - rec.timestamp if rec.timestamp else None,
         })
         self.store.put("p:" + eid, pred)
         self.store.put("e:" + eid, orjson.dumps({"x": x, "s": scores}))
