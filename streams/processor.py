@@ -134,7 +134,6 @@ class PartitionProcessor:
     # -- batch entry point -------------------------------------------------
     def process(self, topic: str, records: Sequence[Any]) -> list[Output]:
         """Process one batch of ``topic`` ("events" or "labels"), in offset order."""
-        start = self.clock()
         stats = BatchStats(dlq=Tally(), latencies_s=[])
         out: list[Output] = []
         decode = self.codec.decode
@@ -145,7 +144,7 @@ class PartitionProcessor:
             kind = d.kind
             if kind == "event":
                 stats.events += 1
-                self._event(d, rec, start, out, stats, features.get(i))
+                self._event(d, rec, out, stats, features.get(i))
             elif kind == "label":
                 stats.labels += 1
                 self._label(d, rec, topic, out, stats)
@@ -177,7 +176,7 @@ class PartitionProcessor:
                     ts.append(d.ts)
         return dict(zip(index, self.windows.update_batch(docs, ts, get)))
 
-    def _event(self, d: Decoded, rec: Any, start: float, out: list[Output], stats: BatchStats,
+    def _event(self, d: Decoded, rec: Any, out: list[Output], stats: BatchStats,
                feats: dict[str, float] | None = None) -> None:
         eid = d.event_id
         stored_pred = self.store.get("p:" + eid)
@@ -187,39 +186,35 @@ class PartitionProcessor:
             return
         x = d.x
         assert x is not None
-        now_ms = rec.timestamp
         if feats:
             x = {**x, **feats}
-        if not self.models:
-            now = self.clock()
-            pred = orjson.dumps({"event_id": eid, "key": d.key, "ts": d.ts, "features": feats})
-            self.store.put("p:" + eid, pred)
-            out.append(Output("predictions", rec.key, pred))
-            stats.predictions += 1
-            if now_ms:
-                stats.latencies_s.append(now - now_ms / 1000.0)  # type: ignore[union-attr]
-            return
-        scores = {m.name: m.predict_proba_one(x) for m in self.models}
-        champion = self.models[0]
-        score = scores[champion.name]
-        now = self.clock()
-        pred = orjson.dumps({
-            "event_id": eid,
-            "key": d.key,
-            "ts": d.ts,
-            "score": score,
-            "class": int(score > self.spec.threshold),  # ties -> 0, as River's argmax
-            "model": champion.name,
-            "model_version": champion.version,
-            "scores": scores,
-            **({"features": feats} if feats else {}),
-        })
+        scores: dict[str, float] | None = None
+        if self.models:
+            scores = {m.name: m.predict_proba_one(x) for m in self.models}
+            champion = self.models[0]
+            score = scores[champion.name]
+            doc: dict[str, Any] = {
+                "event_id": eid,
+                "key": d.key,
+                "ts": d.ts,
+                "score": score,
+                "class": int(score > self.spec.threshold),  # ties -> 0, as River's argmax
+                "model": champion.name,
+                "model_version": champion.version,
+                "scores": scores,
+                **({"features": feats} if feats else {}),
+            }
+        else:  # a features-only pipeline
+            doc = {"event_id": eid, "key": d.key, "ts": d.ts, "features": feats}
+        pred = orjson.dumps(doc)
         self.store.put("p:" + eid, pred)
-        self.store.put("e:" + eid, orjson.dumps({"x": x, "s": scores}))
         out.append(Output("predictions", rec.key, pred))
         stats.predictions += 1
         if rec.timestamp:
-            stats.latencies_s.append(now - rec.timestamp / 1000.0)  # type: ignore[union-attr]
+            stats.latencies_s.append(self.clock() - rec.timestamp / 1000.0)  # type: ignore[union-attr]
+        if scores is None:
+            return
+        self.store.put("e:" + eid, orjson.dumps({"x": x, "s": scores}))
         pending = self.store.get("l:" + eid)
         if pending is not None:
             self.store.delete("l:" + eid)
