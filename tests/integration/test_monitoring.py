@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -49,6 +47,7 @@ from streams.broker import free_port
 from streams.datasets import convert
 from streams.demo import start_worker, stop_worker, wait_ready
 from streams.replay import replay
+from tests.system_tools import require_binary
 
 pytestmark = pytest.mark.integration
 
@@ -63,13 +62,7 @@ DEADLINE_S = 45.0   # from the end of the replay until every query has data
 
 
 def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("the prometheus binary is not installed but CI is set: .ci/run installs it "
-                        "(apt-get install prometheus)")
-        pytest.skip("prometheus not installed (apt-get install prometheus, as .ci/run does); CI is not set")
-    return path
+    return require_binary("prometheus")
 
 
 # -- PromQL helpers -----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import yaml
 
 from streams.metrics import LAG_METRIC, STATE_KEYS_METRIC, Metrics
 from streams.settings import ENV_PREFIX, Settings
+from tests.system_tools import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 MON = ROOT / "monitoring"
@@ -51,13 +52,7 @@ DEFAULT_WEB_PORT = Settings.model_fields["web_port"].default
 
 # -- helpers ----------------------------------------------------------------------------------
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed but CI is set: .ci/run installs it "
-                        "(apt-get install prometheus)")
-        pytest.skip("promtool not installed (apt-get install prometheus, as .ci/run does); CI is not set")
-    return path
+    return require_binary("promtool")
 
 
 def run_promtool(*args: str) -> str:
