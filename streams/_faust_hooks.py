@@ -203,6 +203,8 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
                         b = batches[key] = []
                     b.append(Record(m.offset(), m.key(), m.value(), m.timestamp()[1]))
                 for (topic, partition), recs in batches.items():
+                    if not self.flow_active or self.app.consumer_generation_id != generation:
+                        break     # a rebalance began while we were handling: its owner re-reads the rest
                     if (topic, partition) not in self._rk_assigned:
                         continue  # revoked while we fetched: the next owner reads it
                     tp = self._new_topicpartition(topic, partition)
