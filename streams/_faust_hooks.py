@@ -144,6 +144,7 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
 
             rk = self._rk_consumer = Consumer(self.rk_config)
             self._rk_assigned: set[tuple[str, int]] = set()
+            self._rk_generation: int | None = None
         return rk
 
     def _sync_assignment(self, rk: Any, want: set[tuple[str, int]]) -> None:
@@ -175,6 +176,12 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
                 active = self.flow_active and not self.should_stop
                 want = ({(tp.topic, tp.partition) for tp in self.assignment() if tp.topic in batch_topics}
                         if active else set())
+                if active and self.app.consumer_generation_id != self._rk_generation:
+                    # a rebalance happened: records fetched but not handled were dropped, so
+                    # restart every partition from the group's committed offsets (what was
+                    # handled since is answered from state: effects are idempotent by event id)
+                    self._sync_assignment(rk, set())
+                    self._rk_generation = self.app.consumer_generation_id
                 if want != self._rk_assigned:
                     self._sync_assignment(rk, want)
                 if not want:

@@ -61,3 +61,42 @@ def test_two_workers_share_partitions_and_score_every_event(make_settings, tmp_p
         reader.close()
     assert len(reader.predictions) == 2000
     assert reader.dlq == []
+
+
+def test_a_worker_joining_mid_stream_loses_nothing(make_settings, tmp_path):
+    """A second worker joins while the first is scoring: every event is answered, duplicates identical."""
+    import threading
+
+    from streams.broker import free_port
+
+    s = make_settings(partitions=4, batch_max=200)
+    s2 = s.model_copy(update={"web_port": free_port(), "metrics_port": free_port(),
+                              "state_dir": tmp_path / "state-b"})
+    reader = OutputReader(s)
+    a = start_worker(s, tmp_path / "a.log")
+    b = None
+    try:
+        wait_ready(s, a, tmp_path / "a.log")
+        n = 6000
+
+        def paced() -> None:                             # ~10 s of traffic, 100 events every 0.17 s
+            for lo in range(0, n, 100):
+                produce(s, [event(i) for i in range(lo, lo + 100)],
+                        keys=[f"user{i % 97}".encode() for i in range(lo, lo + 100)])
+                time.sleep(0.17)
+
+        t = threading.Thread(target=paced)
+        t.start()
+        while reader.done < n // 5:
+            reader.poll(0.1)
+        b = start_worker(s2, tmp_path / "b.log")          # rebalance while A is busy
+        wait_ready(s2, b, tmp_path / "b.log")
+        assert t.is_alive(), "traffic ended before the second worker joined: the test would prove nothing"
+        t.join()
+        wait_for(reader, n, timeout=120)
+    finally:
+        stop_worker(a)
+        if b is not None:
+            stop_worker(b)
+        reader.close()
+    assert len(reader.predictions) == n and reader.dlq == []
