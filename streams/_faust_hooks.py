@@ -68,13 +68,27 @@ class BatchConsumer(faust_aiokafka.Consumer):
             acked.extend(new)
             self._n_acked += len(new)
 
+    async def _unseen(self, tp: Any, recs: Sequence[Any]) -> Sequence[Any]:
+        """The records of ``tp`` not read yet; a hole before them becomes a faust gap.
+
+        ``_read_offset[tp]`` is the next offset to read (faust's seek writes the
+        committed offset there). A hole (compacted or aborted records) is
+        recorded with ``_add_gap`` so faust's commit can move past it.
+        """
+        nxt = self._read_offset[tp]
+        if nxt is None:
+            return recs
+        recs = [r for r in recs if r.offset >= nxt]
+        if recs and recs[0].offset > nxt and self.app.topics.acks_enabled_for(tp.topic):
+            await self._add_gap(tp, nxt, recs[0].offset)
+        return recs
+
     async def _drain_messages(self, fetcher: Any) -> None:  # noqa: C901 - mirrors faust's loop
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         read_offset = self._read_offset
         batch_topics = self.batch_topics
         handler = self.batch_handler
-        acks_enabled_for = self.app.topics.acks_enabled_for
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 records, active = await self._wait_next_records(1.0)
@@ -90,14 +104,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
                         break
                     if active is not None and tp not in active and tp not in self._buffered_partitions:
                         continue
-                    nxt = read_offset[tp]  # next offset to read (faust's seek writes the committed offset)
-                    if nxt is not None:
-                        recs = [r for r in recs if r.offset >= nxt]  # already seen: drop
-                        if not recs:
-                            continue
-                        first = recs[0].offset
-                        if first > nxt and acks_enabled_for(tp.topic):
-                            await self._add_gap(tp, nxt, first)  # compacted/aborted hole
+                    recs = await self._unseen(tp, recs)
+                    if not recs:
+                        continue
                     highwater = self.highwater(tp)
                     self.app.monitor.track_tp_end_offset(tp, highwater)
                     if tp.topic in batch_topics and handler is not None:
@@ -215,13 +224,9 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
                     if (topic, partition) not in self._rk_assigned:
                         continue  # revoked while we fetched: the next owner reads it
                     tp = self._new_topicpartition(topic, partition)
-                    nxt = read_offset[tp]  # next offset to read
-                    if nxt is not None:
-                        recs = [r for r in recs if r.offset >= nxt]
-                        if not recs:
-                            continue
-                        if recs[0].offset > nxt:
-                            await self._add_gap(tp, nxt, recs[0].offset)
+                    recs = await self._unseen(tp, recs)
+                    if not recs:
+                        continue
                     highwater = rk.get_watermark_offsets(
                         _confluent_tp(topic, partition), cached=True)[1]
                     if handler is not None:
