@@ -56,11 +56,17 @@ def all_topics(settings: Settings) -> dict[str, int]:
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     """A worker in its own process, configured through ``STREAMSCORE_*`` variables."""
+    from pydantic import SecretStr
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSCORE_")}
-    for name in ("broker", "app_id", "topic_prefix", "pipeline", "partitions", "state_dir", "web_port",
-                 "metrics_port", "metrics_host", "session_timeout_s", "commit_interval_s", "metrics_interval_s",
-                 "batch_max"):
-        env[Settings.env_name(name)] = str(getattr(settings, name))
+    core = {"broker", "app_id", "topic_prefix", "pipeline", "partitions", "state_dir", "web_port",
+            "metrics_port", "metrics_host", "session_timeout_s", "commit_interval_s", "metrics_interval_s",
+            "batch_max"}
+    for name in sorted(core | settings.model_fields_set):   # every explicitly set field reaches the worker
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        env[Settings.env_name(name)] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
     log = log_path.open("ab")
     return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
                             stdout=log, stderr=subprocess.STDOUT)

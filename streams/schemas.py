@@ -39,6 +39,20 @@ class Reason(StrEnum):
     NOT_FINITE = "not_finite"
     BAD_LABEL = "bad_label"
     DUPLICATE_LABEL = "duplicate_label"
+    OUT_OF_RANGE = "out_of_range"
+
+
+#: Accepted event time, epoch ms: what a ``datetime`` can hold (years 1 to 9999).
+#: Far outside it a timestamp is a bug upstream, and beyond int64 it cannot be
+#: stored, windowed (int64 kernels) or published (orjson writes 64-bit ints only).
+TS_MIN_MS = -62_135_596_800_000      # 0001-01-01T00:00:00Z
+TS_MAX_MS = 253_402_300_799_999      # 9999-12-31T23:59:59.999Z
+#: Largest accepted magnitude of a numeric feature. Finite is not enough: a
+#: value near 1e160 overflows the squares of a running variance (standard
+#: scaling) to inf, every later score becomes NaN, and NaN is published as
+#: null. Nothing measured is anywhere near 1e100.
+MAX_ABS_NUMBER = 1e100
+_NUM_LO, _NUM_HI = -MAX_ABS_NUMBER, MAX_ABS_NUMBER
 
 
 class Decoded(NamedTuple):
@@ -93,13 +107,16 @@ class Codec:
             ts = doc[self._ts_f]
         except KeyError:
             return self._decode_checked(doc, key)
-        if type(ts) is not int or self._label_f in doc:
+        if type(ts) is not int or not TS_MIN_MS <= ts <= TS_MAX_MS or self._label_f in doc:
             return self._decode_checked(doc, key)
         t = type(eid)
-        if t is not str:
-            if t is not int:
+        if t is str:
+            if not eid:
                 return self._decode_checked(doc, key)
+        elif t is int:
             eid = str(eid)
+        else:
+            return self._decode_checked(doc, key)
         if self._key_f is not None:
             k = doc.get(self._key_f)
             t = type(k)
@@ -112,12 +129,13 @@ class Codec:
         else:
             kstr = key.decode("utf-8", "replace") if key else ""
         x: dict[str, float | str] = {}
+        lo, hi = _NUM_LO, _NUM_HI
         for f in self._numeric:
             v = doc.get(f)
             t = type(v)
-            if t is float and v - v == 0.0:     # finite (orjson never yields NaN/inf; other callers may)
+            if t is float and lo <= v <= hi:    # in range, so finite too (NaN fails)
                 x[f] = v
-            elif t is int:
+            elif t is int and lo <= v <= hi:
                 x[f] = float(v)
             else:
                 return self._decode_checked(doc, key)
@@ -136,8 +154,8 @@ class Codec:
     def _decode_checked(self, doc: dict[str, Any], key: bytes | None) -> Decoded:
         spec = self.spec
         eid = doc.get(spec.event_id)
-        if eid is None:
-            return _err(Reason.MISSING_FIELD, f"field {spec.event_id!r} is missing")
+        if eid is None or eid == "":     # an empty id would make every such event one event
+            return _err(Reason.MISSING_FIELD, f"field {spec.event_id!r} is missing or empty")
         if not isinstance(eid, (str, int)) or isinstance(eid, bool):
             return _err(Reason.WRONG_TYPE, f"field {spec.event_id!r} must be a string or integer")
         eid = str(eid)
@@ -148,9 +166,14 @@ class Codec:
             return _err(Reason.WRONG_TYPE, f"field {spec.timestamp!r} must be epoch milliseconds")
         if not math.isfinite(ts):
             return _err(Reason.NOT_FINITE, f"field {spec.timestamp!r} is not finite")
+        if not TS_MIN_MS <= ts <= TS_MAX_MS:
+            return _err(Reason.OUT_OF_RANGE, f"field {spec.timestamp!r} is {ts!r}: outside epoch "
+                                             "milliseconds of years 1 to 9999")
         is_label = spec.label in doc and not any(f in doc for f in self._numeric)
         k = doc.get(spec.key) if spec.key is not None else None
         if k is not None:
+            if not isinstance(k, (str, int)) or isinstance(k, bool):  # str() of a deep list would recurse
+                return _err(Reason.WRONG_TYPE, f"field {spec.key!r} must be a string or integer")
             kstr = str(k)
         elif spec.key is not None and not is_label:  # labels may omit it: the record key is the same
             return _err(Reason.MISSING_FIELD, f"field {spec.key!r} is missing")
@@ -159,7 +182,7 @@ class Codec:
         if is_label:
             y = doc[spec.label]
             if not isinstance(y, (int, float)) or not math.isfinite(y):  # bool is an int: fine
-                return _err(Reason.BAD_LABEL, f"label {y!r} is not a finite number")
+                return _err(Reason.BAD_LABEL, f"label {_short(y)} is not a finite number")
             return Decoded("label", eid, kstr, int(ts), y=float(y))
         x: dict[str, float | str] = {}
         for f in self._numeric:
@@ -172,6 +195,8 @@ class Codec:
                 return _err(Reason.WRONG_TYPE, f"feature {f!r} must be a number, got {type(v).__name__}")
             if not math.isfinite(v):
                 return _err(Reason.NOT_FINITE, f"feature {f!r} is {v}")
+            if not -MAX_ABS_NUMBER <= v <= MAX_ABS_NUMBER:
+                return _err(Reason.OUT_OF_RANGE, f"feature {f!r} is {v:.6g}: beyond +-{MAX_ABS_NUMBER:g}")
             x[f] = float(v)
         for f in self._categorical:
             v = doc.get(f)
@@ -195,8 +220,12 @@ class Codec:
                    key: bytes | None, value: bytes | None, event_id: str = "") -> bytes:
         """The dead-letter record: the reason plus the original bytes, lossless.
 
-        Key and value are kept as text when they are valid UTF-8, else as
-        base64; ``key_encoding``/``value_encoding`` say which.
+        Key and value are kept as text when they are valid UTF-8 and JSON
+        escaping does not inflate them much, else as base64;
+        ``key_encoding``/``value_encoding`` say which. Either way each takes at
+        most 4/3 of the original bytes (plus 64), and ``detail`` is short, so a
+        bad record of control characters (``\\u0001`` is 6 bytes in JSON) cannot
+        become a dead letter many times its size.
 
         >>> orjson.loads(Codec.dlq_record("malformed_json", "x", topic="events", partition=0,
         ...              offset=7, key=b"k", value=bytes([255])))["value_encoding"]
@@ -218,10 +247,22 @@ class Codec:
         })
 
 
+def _short(v: Any, limit: int = 80) -> str:
+    """A short ``repr`` of a JSON value for a detail: never huge, never recursing into containers."""
+    if isinstance(v, (list, dict)):
+        return f"a JSON {'array' if isinstance(v, list) else 'object'}"
+    r = repr(v[:limit] if isinstance(v, str) else v)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
 def _text_or_base64(b: bytes | None) -> tuple[str | None, str]:
     if b is None:
         return None, "utf-8"
     try:
-        return b.decode("utf-8"), "utf-8"
+        text = b.decode("utf-8")
     except UnicodeDecodeError:
         return base64.b64encode(b).decode("ascii"), "base64"
+    # as JSON, '"' and '\\' take 2 bytes and control characters 6: beyond base64's 4/3, use base64
+    if len(orjson.dumps(text)) - 2 <= len(b) * 4 // 3 + 64:
+        return text, "utf-8"
+    return base64.b64encode(b).decode("ascii"), "base64"
