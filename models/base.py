@@ -36,3 +36,4 @@ class ModelSpec:
     name: str
     kind: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    shadow: bool = False    # a challenger: scored and evaluated, never part of the published decision

@@ -89,6 +89,10 @@ FORMAT_VERSION = 1
 ARCHITECTURE_FIELDS: tuple[str, ...] = ("hidden", "layers", "embed_dim", "buckets")
 
 
+#: Standardised dense inputs are clipped to [-CLIP, CLIP] standard deviations.
+CLIP = 5.0
+
+
 @dataclass(frozen=True)
 class DeepParams:
     hidden: int = 64          # width of each hidden layer
@@ -336,10 +340,16 @@ class DeepModel:
 
     @staticmethod
     def _standardise(num: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """``(num - mean) * inv_std`` into float32 ``out``; missing/non-finite -> 0."""
+        """``(num - mean) * inv_std`` clipped to +-CLIP into float32 ``out``; missing/non-finite -> 0.
+
+        Clipping: heavy-tailed fields (a 80,995-unit order among single items)
+        would otherwise put one row's input at hundreds of standard deviations
+        and swing the logits of everything it touches.
+        """
         with np.errstate(invalid="ignore", over="ignore"):
             z = (num - mean) * inv_std
         z[~np.isfinite(z)] = 0.0
+        np.clip(z, -CLIP, CLIP, out=z)
         out[...] = z
         return out
 

@@ -16,6 +16,8 @@ Mann-Whitney AUC with ties inside a bin counted as half.
 
 from __future__ import annotations
 
+import math
+
 from river import drift, metrics, utils
 
 
@@ -70,6 +72,10 @@ class Prequential:
         self.log_loss = metrics.LogLoss()
         self.roc_auc = BinnedROCAUC()
         self.n = 0
+        #: log loss of the constant predictor "rate of positives so far" (a KT estimate):
+        #: the baseline a model has to beat to have learned anything
+        self.positives = 0
+        self.baseline_loss = 0.0
 
     def update(self, y: bool | int, p_true: float) -> None:
         y = bool(y)
@@ -80,6 +86,9 @@ class Prequential:
             self.drifts += 1
         self.log_loss.update(y, {True: p_true, False: 1.0 - p_true})
         self.roc_auc.update(y, p_true)
+        base = (self.positives + 0.5) / (self.n + 1.0)
+        self.baseline_loss += -math.log(base if y else 1.0 - base)
+        self.positives += y
         self.n += 1
 
     def get(self) -> dict[str, float]:
@@ -88,6 +97,7 @@ class Prequential:
             "accuracy": float(self.accuracy.get()),
             "log_loss": float(self.log_loss.get()),
             "roc_auc": float(self.roc_auc.get()),
+            "baseline_log_loss": self.baseline_loss / self.n if self.n else 0.0,
         }
 
     def state(self) -> dict[str, object]:
@@ -120,10 +130,11 @@ def merge(states: list[dict]) -> dict[str, float]:
             for i, c in dict(s.get(key, {})).items():  # type: ignore[arg-type]
                 hist[int(i)] += int(c)
     if not n:
-        return {"n": 0, "accuracy": 0.0, "log_loss": 0.0, "roc_auc": 0.0}
+        return {"n": 0, "accuracy": 0.0, "log_loss": 0.0, "roc_auc": 0.0, "baseline_log_loss": 0.0}
     return {
         "n": n,
         "accuracy": sum(float(s["accuracy"]) * int(s["n"]) for s in states) / n,
         "log_loss": sum(float(s["log_loss"]) * int(s["n"]) for s in states) / n,
         "roc_auc": auc.get(),
+        "baseline_log_loss": sum(float(s.get("baseline_log_loss", 0.0)) * int(s["n"]) for s in states) / n,
     }

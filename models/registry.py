@@ -4,22 +4,25 @@ Why a registry: a pipeline file names a model and its parameters; nothing in a
 spec is ever evaluated as code. Each entry checks its parameters' names and
 types and builds a fresh estimator.
 
+Batch models (torch) are listed in :data:`BATCH_KINDS`: they score a whole
+micro-batch in one call and are built from :mod:`models.deep`, imported only
+when a pipeline uses one (torch takes seconds to import).
+
 >>> sorted(REGISTRY)
 ['arf', 'hoeffding_adaptive_tree', 'logistic_regression']
+>>> BATCH_KINDS
+('wide_deep',)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from river import base, compose, forest, linear_model, optim, preprocessing, tree
 
 from models.base import ModelSpec
-
-if TYPE_CHECKING:
-    from models.online import OnlineModel
 
 
 @dataclass(frozen=True)
@@ -93,17 +96,45 @@ REGISTRY: Mapping[str, Entry] = {
 }
 
 
+#: Kinds of batch (torch) models: ``predict_proba_many`` once per micro-batch.
+BATCH_KINDS: tuple[str, ...] = ("wide_deep",)
+
+
+def check_model(spec: ModelSpec, numeric: Sequence[str] = (), categorical: Sequence[str] = ()) -> None:
+    """Raise ``ValueError``/``TypeError`` if ``spec`` names an unknown kind or bad parameters."""
+    if spec.kind in BATCH_KINDS:
+        from models.deep import DeepParams
+
+        _typed(DeepParams, spec.params)
+        return
+    build_estimator(spec, numeric, categorical)
+
+
 def build_estimator(spec: ModelSpec, numeric: Sequence[str] = (), categorical: Sequence[str] = ()) -> base.Estimator:
     """A fresh River estimator for ``spec``; raises on unknown kinds or bad parameters."""
     try:
         entry = REGISTRY[spec.kind]
     except KeyError:
-        raise ValueError(f"unknown model kind {spec.kind!r}; registered: {sorted(REGISTRY)}") from None
+        known = sorted(REGISTRY) + list(BATCH_KINDS)
+        raise ValueError(f"unknown model kind {spec.kind!r}; registered: {known}") from None
     return entry.build(_typed(entry.params, spec.params), numeric, categorical)
 
 
-def build_model(spec: ModelSpec, numeric: Sequence[str] = (), categorical: Sequence[str] = ()) -> "OnlineModel":
-    """An :class:`~models.online.OnlineModel` around a fresh estimator for ``spec``."""
+def build_model(spec: ModelSpec, numeric: Sequence[str] = (), categorical: Sequence[str] = (),
+                device: str | None = None) -> Any:
+    """A fresh model for ``spec``: an :class:`~models.online.OnlineModel` around a River
+    estimator, or a :class:`~models.deep.DeepModel` for a batch kind (``device``, when
+    given, overrides the spec's ``device`` parameter: the worker's setting wins)."""
     from models.online import OnlineModel
+
+    if spec.kind in BATCH_KINDS:
+        import dataclasses
+
+        from models.deep import DeepModel, DeepParams
+
+        params = _typed(DeepParams, spec.params)
+        if device is not None and device != "auto":
+            params = dataclasses.replace(params, device=device)
+        return DeepModel(spec.name, numeric, categorical, params)
 
     return OnlineModel(spec.name, build_estimator(spec, numeric, categorical))

@@ -21,6 +21,7 @@ import orjson
 from confluent_kafka import KafkaException, Producer
 
 from models import persistence
+from models.registry import BATCH_KINDS
 from streams.metrics import Metrics
 from streams.processor import PartitionProcessor
 from streams.settings import Settings
@@ -52,6 +53,15 @@ class BatchScorer:
         #: (logical topic, partition) -> records behind the fetch high watermark
         self.lag: dict[tuple[str, int], int] = {}
         self._drifts_seen: dict[tuple[int, str], int] = {}
+        self._torch_models = [m.name for m in spec.models if m.kind in BATCH_KINDS]
+        if self._torch_models and settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        self._deployed: dict[str, tuple[Any, Any]] = {}     # model -> (file stamp, checkpoint or None)
+        self._saved_versions: dict[tuple[int, str], str] = {}
+        self._last_poll = -1e9                      # poll the deployed checkpoints at the first batch
+        self._last_save = time.monotonic()
         self.metrics.bind(self)  # lag and state size read at scrape time; build info
 
     @property
@@ -81,9 +91,74 @@ class BatchScorer:
         if proc is None:
             proc = PartitionProcessor(self.spec, PartitionStore(self.state_path(partition)), partition,
                                       max_event_bytes=self.settings.max_event_bytes,
-                                      snapshot_key=self.snapshot_key)
+                                      snapshot_key=self.snapshot_key, device=self.settings.device)
             self.processors[partition] = proc
+            for name, (stamp, ckpt) in self._deployed.items():   # a new partition starts on the deployed weights
+                if ckpt is not None and not proc.has_history(name):
+                    proc.swap_weights(name, ckpt)
         return proc
+
+    # -- torch checkpoints -------------------------------------------------------
+    def deploy_path(self, model: str) -> Path:
+        """Where a trained checkpoint is dropped for the workers to hot-swap."""
+        return self.settings.checkpoints / self.spec.name / f"{model}.pt"
+
+    def checkpoint_path(self, model: str, partition: int) -> Path:
+        """Where this worker saves a partition's torch model."""
+        return self.settings.checkpoints / self.spec.name / model / f"p{partition}.pt"
+
+    def poll_checkpoints(self, force: bool = False) -> list[str]:
+        """Hot-swap every torch model whose deployed checkpoint changed; returns the new versions.
+
+        Runs between batches (from :meth:`handle`), so no event is dropped or
+        scored twice: the batches before it used the old weights, those after
+        it the new ones, and each prediction names its version.
+        """
+        now = time.monotonic()
+        if not self._torch_models or (not force and now - self._last_poll < 1.0):
+            return []
+        self._last_poll = now
+        swapped = []
+        for name in self._torch_models:
+            path = self.deploy_path(name)
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            stamp = (st.st_mtime_ns, st.st_size)
+            if self._deployed.get(name, (None, None))[0] == stamp:
+                continue
+            from models.deep import load_checkpoint
+
+            try:
+                ckpt = load_checkpoint(path, device=self.settings.device)   # weights_only=True
+            except Exception as exc:  # a half-copied or foreign file must not stop scoring
+                log.error("checkpoint %s not loaded: %s", path, exc)
+                self._deployed[name] = (stamp, None)
+                continue
+            self._deployed[name] = (stamp, ckpt)
+            for proc in self.processors.values():
+                swapped.append(proc.swap_weights(name, ckpt))
+            self.metrics.checkpoint_swaps.labels(model=name).inc()
+            log.info("hot-swapped %s from %s into %d partitions", name, path, len(self.processors))
+        return swapped
+
+    def save_checkpoints(self, force: bool = False) -> int:
+        """Save each partition's torch models that learned since their last save (atomic files)."""
+        now = time.monotonic()
+        if not self._torch_models or (not force and now - self._last_save < self.settings.checkpoint_interval_s):
+            return 0
+        self._last_save = now
+        n = 0
+        for p, proc in self.processors.items():
+            for m in proc.batch_models:
+                if self._saved_versions.get((p, m.name)) != m.version:
+                    path = self.checkpoint_path(m.name, p)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    m.save(path)
+                    self._saved_versions[(p, m.name)] = m.version
+                    n += 1
+        return n
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -95,6 +170,7 @@ class BatchScorer:
         logical = self._logical.get(topic, topic)
         if highwater is not None and records:
             self.lag[(logical, partition)] = max(0, highwater - records[-1].offset - 1)
+        self.poll_checkpoints()
         proc = self.processor(partition)
         outputs = proc.process(logical, records)
         produce = self.producer.produce
@@ -118,17 +194,26 @@ class BatchScorer:
         if s.events:  # receive-to-publish is the batch's time for each of its events
             m.observe_many(m.processing_latency, elapsed_s, s.events)
         if s.predictions:
-            m.predictions.labels(model=proc.models[0].name if proc.models else "features").inc(s.predictions)
+            m.predictions.labels(model=proc.decision if proc.models else "features").inc(s.predictions)
         if s.duplicates:
             m.duplicates.inc(s.duplicates)
         if s.labels_joined:
             m.labels.labels(outcome="joined").inc(s.labels_joined)
         if s.labels_pending:
             m.labels.labels(outcome="pending").inc(s.labels_pending)
+        if s.labels_timed_out:
+            m.labels.labels(outcome="timed_out").inc(s.labels_timed_out)
+        if s.labels_late:
+            m.labels.labels(outcome="late").inc(s.labels_late)
         for reason, c in (s.dlq or {}).items():
             m.dlq.labels(reason=reason).inc(c)
         if s.latencies_s:
             m.observe_batch(m.e2e_latency, s.latencies_s)
+        for rule, c in (s.rule_hits or {}).items():
+            m.rule_hits.labels(rule=rule).inc(c)
+        for model, secs in (s.inference_s or {}).items():
+            dev = next((b.device.type for b in proc.batch_models if b.name == model), "cpu")
+            m.inference_latency.labels(model=model, device=dev).observe(secs)
 
     def publish_metrics(self) -> None:
         """Publish a JSON snapshot per partition to the metrics topic, and set the gauges."""
@@ -160,6 +245,7 @@ class BatchScorer:
             proc = self.processors.get(p)
             if proc is not None:
                 proc.flush()
+        self.save_checkpoints()
 
     def close(self, partitions: Iterable[int] | None = None) -> None:
         """Flush and close the processors of ``partitions`` (all by default)."""
@@ -169,6 +255,8 @@ class BatchScorer:
         except (KafkaException, BufferError):  # pragma: no cover - shutting down anyway
             pass
         self.flush(parts)
+        if self._torch_models:
+            self.save_checkpoints(force=True)
         for p in parts:
             proc = self.processors.pop(p, None)
             if proc is not None:

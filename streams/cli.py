@@ -126,6 +126,28 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import orjson
+    from tqdm import tqdm
+
+    from streams.replay import count_records
+    from streams.spec import load_spec
+    from streams.train import train
+
+    s = _settings(args)
+    spec = load_spec(args.pipeline or s.pipeline)
+    if s.torch_threads:
+        import torch
+
+        torch.set_num_threads(s.torch_threads)
+    total = count_records(args.data) if not args.limit else args.limit
+    with tqdm(total=total, unit="rec", desc="train", disable=args.quiet) as bar:
+        report = train(spec, args.data, out=Path(args.out) if args.out else None, checkpoints=s.checkpoints,
+                       device=s.device, batch=args.batch, limit=args.limit, progress=bar.update)
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -182,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
         --metrics-port) to share the partitions. Stops cleanly on SIGTERM/Ctrl-C,
         flushing outputs and state before the last offset commit.""")
     _settings_flags(sp, *KAFKA, "app_id", "pipeline", "partitions", "session_timeout_s", "fetcher", "batch_max",
-                    "commit_interval_s", "max_event_bytes", "state_dir", "snapshot_key", "web_port", "metrics_host",
+                    "commit_interval_s", "max_event_bytes", "state_dir", "snapshot_key", "device", "torch_threads",
+                    "checkpoint_dir", "checkpoint_interval_s", "web_port", "metrics_host",
                     "metrics_port", "metrics_interval_s", "log_level")
     sp.set_defaults(func=cmd_worker)
 
@@ -206,6 +229,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=60.0, help="Give up after this many seconds.")
     _settings_flags(sp, *KAFKA)
     sp.set_defaults(func=cmd_record)
+
+    sp = add("train", "pre-train a pipeline's models offline from a recorded stream", """\
+        Replay a recorded-stream file through the pipeline's processor in memory
+        (the same decoding, window features and delayed-label join as a live
+        worker; every event is scored before its label trains the models), then
+        save each torch model's checkpoint and print the prequential figures of
+        every model. By default the checkpoint goes to
+        CHECKPOINT_DIR/PIPELINE/MODEL.pt, where running workers hot-swap it
+        between micro-batches; workers that start later begin from it.
+
+        Example:
+          streamscore convert online_retail --out /tmp/retail.jsonl.gz
+          streamscore train --pipeline online_retail --data /tmp/retail.jsonl.gz""")
+    sp.add_argument("--pipeline", default=None, help="Pipeline spec (pipelines/NAME.toml or a path); default: --pipeline setting.")
+    sp.add_argument("--data", required=True, help="Recorded-stream file (.jsonl or .jsonl.gz).")
+    sp.add_argument("--out", default=None, help="Checkpoint file (a directory when the pipeline has several torch models).")
+    sp.add_argument("--batch", type=int, default=1000, help="Records per micro-batch (torch inference runs once per batch).")
+    sp.add_argument("--limit", type=int, default=None, help="Train on at most this many records.")
+    sp.add_argument("--quiet", action="store_true", help="No progress bar.")
+    _settings_flags(sp, "device", "torch_threads", "checkpoint_dir", "state_dir")
+    sp.set_defaults(func=cmd_train)
 
     sp = add("convert", "turn a bundled dataset into a recorded stream", """\
         Convert one of the real datasets in data/ into the recorded-stream format.""")

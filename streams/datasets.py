@@ -211,6 +211,7 @@ def online_retail_records(
     *,
     horizon_ms: int = RETURN_HORIZON_MS,
     skipped: Skipped | None = None,
+    deadline_labels: bool = True,
 ) -> Iterator[Record]:
     """online_retail "returns" stream: purchase lines and will-it-be-returned labels.
 
@@ -222,6 +223,11 @@ def online_retail_records(
         A purchase is labelled 1 if returned within this many ms (inclusive).
     skipped
         Optional mapping; incremented per source file for each malformed row.
+    deadline_labels
+        ``False``: emit no label 0 at the deadline; only returns are labelled
+        (the ``online_retail_returns`` stream), and the worker's label timeout
+        (``[labels] timeout_ms`` and ``default = 0`` in the pipeline) supplies
+        the negatives, as in production where nobody sends "not returned".
 
     Notes
     -----
@@ -316,7 +322,7 @@ def online_retail_records(
         out.append(((ts, 0, g, 0), _event(customer, ts, value)))
         open_lines.setdefault(pair, []).append((ts, g, event_id))
         purchases.append((ts, g, event_id, customer))
-    for ts, g, event_id, customer in purchases:
+    for ts, g, event_id, customer in purchases if deadline_labels else ():
         if g not in labelled:
             due = ts + horizon_ms
             out.append(((due, 1, g, g), _label(_LABELS, customer, due, event_id, 0)))
@@ -325,6 +331,10 @@ def online_retail_records(
 
 def _online_retail(data_dir: Path, skipped: Skipped | None) -> Iterator[Record]:
     return online_retail_records(data_dir, skipped=skipped)
+
+
+def _online_retail_returns(data_dir: Path, skipped: Skipped | None) -> Iterator[Record]:
+    return online_retail_records(data_dir, skipped=skipped, deadline_labels=False)
 
 
 # --------------------------------------------------------------------------- beijing_air_quality
@@ -542,6 +552,12 @@ DATASETS: Final[Mapping[str, Dataset]] = MappingProxyType({
         "online_retail", "online_retail", _RETAIL_FILES,
         "binary classification: purchase line returned within 30 days", "CC BY 4.0 (UCI)",
         _online_retail,
+    ),
+    "online_retail_returns": Dataset(
+        "online_retail_returns", "online_retail", _RETAIL_FILES,
+        "binary classification: returned within 30 days; only returns are labelled (the worker's "
+        "label timeout gives 0)", "CC BY 4.0 (UCI)",
+        _online_retail_returns,
     ),
     "beijing_air_quality": Dataset(
         "beijing_air_quality", "beijing_air_quality", _BEIJING_FILES,

@@ -168,36 +168,64 @@ def _percentile(xs: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, int(round(q / 100.0 * (len(s) - 1))))]
 
 
-def prequential_report(stream: Path, spec: PipelineSpec, predictions: dict[str, dict[str, Any]],
-                       window: int = 1000, limit: int | None = None) -> tuple[dict[str, dict[str, float]], dict[str, list[float]], int]:
-    """Per-model prequential metrics in label order, plus rolling accuracy curves."""
-    preq = {m.name: Prequential(spec.threshold) for m in spec.models}
-    rolling: dict[str, list[float]] = {m.name: [] for m in spec.models}
-    hits: dict[str, list[int]] = {m.name: [] for m in spec.models}
-    unmatched = 0
+def model_names(spec: PipelineSpec) -> list[str]:
+    """Every model with prequential figures: the spec's models, then the blend if there is one."""
+    return [m.name for m in spec.models] + (["blend"] if spec.blended else [])
+
+
+def _labels_in_order(stream: Path, spec: PipelineSpec, limit: int | None) -> list[tuple[int, str, float]]:
+    """(label time, event id, label) of the replayed stream, in label order.
+
+    With a label timeout and default, an event with no label in the stream gets
+    the default at ``ts + timeout`` if that is before the last event time: what
+    the worker's timeouts do (there, per partition).
+    """
+    labels: list[tuple[int, str, float]] = []
+    events: dict[str, int] = {}
     with open_stream(stream) as fh:
         for i, line in enumerate(fh):
-            if limit is not None and i >= limit:  # only labels that were replayed
+            if limit is not None and i >= limit:  # only what was replayed
                 break
             rec = orjson.loads(line)
             v = rec["value"]
-            if spec.label not in v or any(f in v for f in spec.numeric):
+            if spec.label in v and not any(f in v for f in spec.numeric):
+                labels.append((int(rec.get("ts", 0)), str(v[spec.event_id]), v[spec.label]))
+            elif spec.event_id in v:
+                events[str(v[spec.event_id])] = int(v.get(spec.timestamp, 0))
+    if spec.label_default is not None and spec.label_timeout_ms and events:
+        wm = max(events.values())
+        have = {eid for _, eid, _ in labels}
+        labels += [(ts + spec.label_timeout_ms, eid, spec.label_default) for eid, ts in events.items()
+                   if eid not in have and ts + spec.label_timeout_ms < wm]
+        labels.sort(key=lambda t: t[0])
+    return labels
+
+
+def prequential_report(stream: Path, spec: PipelineSpec, predictions: dict[str, dict[str, Any]],
+                       window: int = 1000, limit: int | None = None) -> tuple[dict[str, dict[str, float]], dict[str, list[float]], int]:
+    """Per-model prequential metrics in label order, plus rolling accuracy curves."""
+    names = model_names(spec)
+    preq = {n: Prequential(spec.threshold) for n in names}
+    rolling: dict[str, list[float]] = {n: [] for n in names}
+    hits: dict[str, list[int]] = {n: [] for n in names}
+    unmatched = 0
+    for _, eid, y in _labels_in_order(stream, spec, limit):
+        pred = predictions.get(eid)
+        if pred is None:
+            unmatched += 1
+            continue
+        base = hits.setdefault("majority class (always 0)", [])
+        base.append(int(not y))
+        if len(base) >= window:
+            rolling.setdefault("majority class (always 0)", []).append(sum(base[-window:]) / window)
+        for name, score in pred["scores"].items():
+            if name not in preq:
                 continue
-            pred = predictions.get(str(v[spec.event_id]))
-            if pred is None:
-                unmatched += 1
-                continue
-            y = v[spec.label]
-            base = hits.setdefault("majority class (always 0)", [])
-            base.append(int(not y))
-            if len(base) >= window:
-                rolling.setdefault("majority class (always 0)", []).append(sum(base[-window:]) / window)
-            for name, score in pred["scores"].items():
-                preq[name].update(y, score)
-                h = hits[name]
-                h.append(int((score > spec.threshold) == bool(y)))
-                if len(h) >= window:
-                    rolling[name].append(sum(h[-window:]) / window)
+            preq[name].update(y, score)
+            h = hits[name]
+            h.append(int((score > spec.threshold) == bool(y)))
+            if len(h) >= window:
+                rolling[name].append(sum(h[-window:]) / window)
     return {k: p.get() for k, p in preq.items()}, rolling, unmatched
 
 
@@ -265,7 +293,7 @@ def run_demo(pipeline: str = "online_retail", *, report_path: Path = Path("repor
         settings = Settings(broker=broker.bootstrap, app_id=f"demo-{spec.name}", topic_prefix=f"demo-{spec.name}-",
                             pipeline=spec.name, partitions=partitions, state_dir=workdir / "state",
                             web_port=free_port(), metrics_port=free_port(), session_timeout_s=6.0,
-                            metrics_interval_s=0.5)
+                            metrics_interval_s=0.5, batch_max=1000)
         echo(f"broker: Tansu on {broker.bootstrap}; worker log: {workdir / 'worker.log'}")
         create_topics(broker.bootstrap, all_topics(settings))
         worker = start_worker(settings, workdir / "worker.log")
@@ -308,8 +336,8 @@ def run_demo(pipeline: str = "online_retail", *, report_path: Path = Path("repor
     for snap in reader.metrics.values():           # newest snapshot per partition
         if snap["partition"] not in latest or snap["ts"] > latest[snap["partition"]]["ts"]:
             latest[snap["partition"]] = snap
-    models = {m.name: merge_prequential([s["models"][m.name] for s in latest.values() if m.name in s["models"]])
-              for m in spec.models}
+    models = {n: merge_prequential([s["models"][n] for s in latest.values() if n in s["models"]])
+              for n in model_names(spec)}
     busy = (max(reader.pred_times) - min(reader.pred_times)) if len(reader.pred_times) > 1 else 0.0
     dlq_reasons = {labels["reason"]: int(v) for labels, v in samples.get("streamscore_worker_dlq_total", ()) if v}
     n_pred = int(total(samples, "streamscore_worker_predictions_total"))
@@ -346,7 +374,7 @@ def run_demo(pipeline: str = "online_retail", *, report_path: Path = Path("repor
     }
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    curves = {m.name: snapshot_curve(reader.snapshots, m.name) for m in spec.models}
+    curves = {n: snapshot_curve(reader.snapshots, n) for n in model_names(spec)[:1] + model_names(spec)[-1:]}
     plot_rolling(rolling, plot_path, f"{spec.name}: rolling prequential accuracy (last 1,000 labels)", 1000, curves)
     echo(format_report(report))
     echo(f"report: {report_path}   plot: {plot_path}")
@@ -393,7 +421,7 @@ def format_report(r: dict[str, Any]) -> str:
         "prequential (test-then-train, score made before the label was known; worker metrics, all partitions):",
     ]
     for name, m in r["models"].items():
-        lines.append(f"  {name:<16} n={f(m['n'])}  accuracy {f(m['accuracy'], 4)}  log loss {f(m['log_loss'], 4)}"
-                     f"  ROC AUC {f(m['roc_auc'], 4)}")
+        lines.append(f"  {name:<8} n={f(m['n'])}  accuracy {f(m['accuracy'], 4)}  log loss {f(m['log_loss'], 4)}"
+                     f" (constant baseline {f(m.get('baseline_log_loss'), 4)})  ROC AUC {f(m['roc_auc'], 4)}")
     lines.append(f"total time          {r['total_s']} s")
     return "\n".join(lines)

@@ -68,7 +68,7 @@ BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 #: Label values created at zero so that alerts see the first increment.
 INPUT_TOPICS = ("events", "labels")
-LABEL_OUTCOMES = ("joined", "pending", "duplicate")
+LABEL_OUTCOMES = ("joined", "pending", "duplicate", "timed_out", "late")
 
 LAG_METRIC = "streamscore_consumer_lag_records"
 STATE_KEYS_METRIC = "streamscore_state_estimated_keys"
@@ -163,6 +163,13 @@ class Metrics:
         self.drifts = Counter("streamscore_model_drift_detections",
                               "Concept drifts detected by ADWIN on a model's prequential error stream.",
                               ["model"], registry=r)
+        self.checkpoint_swaps = Counter("streamscore_model_checkpoint_swaps",
+                                        "Torch checkpoints hot-swapped into this worker.", ["model"], registry=r)
+        self.rule_hits = Counter("streamscore_rule_hits", "Events a rule matched, by rule name.", ["rule"],
+                                 registry=r)
+        self.inference_latency = Histogram("streamscore_model_batch_inference_seconds",
+                                           "One forward pass of a torch model over a micro-batch.",
+                                           ["model", "device"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.build_info = Info("streamscore_build", "Pipeline and streamscore version of this worker (value 1).",
                                registry=r)
         self.worker = WorkerCollector()

@@ -35,9 +35,11 @@ Semantics, per partition and in offset order (also inside a batch):
 
 from __future__ import annotations
 
+import heapq
+import math
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -45,6 +47,8 @@ import orjson
 
 from models import Prequential, build_model, persistence
 from models.base import ModelSpec
+from models.blend import Blend
+from models.rules import RuleSet
 from streams.features import Windows
 from streams.schemas import Codec, Decoded, Reason
 from streams.spec import PipelineSpec
@@ -86,8 +90,12 @@ class BatchStats:
     duplicates: int = 0
     labels_joined: int = 0
     labels_pending: int = 0
+    labels_timed_out: int = 0
+    labels_late: int = 0                 # a real label after the timeout's default: counted, not learned
     dlq: Tally[str] | None = None
     latencies_s: list[float] | None = None
+    rule_hits: Tally[str] | None = None
+    inference_s: dict[str, float] | None = None     # torch model -> seconds of its forward pass
 
 
 class PartitionProcessor:
@@ -95,58 +103,121 @@ class PartitionProcessor:
 
     def __init__(self, spec: PipelineSpec, store: PartitionStore, partition: int, *,
                  max_event_bytes: int = 1_000_000, snapshot_key: bytes | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, device: str | None = None) -> None:
         self.spec = spec
         self.store = store
         self.partition = partition
         self.codec = Codec(spec, max_event_bytes)
-        self.models = [build_model(m, spec.model_numeric, spec.categorical) for m in spec.models]
+        self.models = [build_model(m, spec.model_numeric, spec.categorical, device=device) for m in spec.models]
+        #: torch models: one ``predict_proba_many`` per micro-batch; the rest score event by event
+        self.batch_models = [m for m in self.models if hasattr(m, "predict_proba_many")]
+        self.river_models = [m for m in self.models if not hasattr(m, "predict_proba_many")]
+        self.champion = next(m for m in self.models if m.name == spec.champion.name)
+        self.decision = spec.decision_name
+        self.blend = Blend(spec.blend, [m.name for m in spec.deciders]) if spec.blend is not None else None
+        self.rules = RuleSet(spec.rules, spec.rule_fields) if spec.rules else None
         self.windows = Windows(spec.windows) if spec.windows else None
-        self.prequential = {m.name: Prequential(spec.threshold) for m in spec.models}
+        names = [m.name for m in spec.models] + (["blend"] if self.blend is not None else [])
+        self.prequential = {n: Prequential(spec.threshold) for n in names}
         self.clock = clock
         self.last_stats = BatchStats()
         self.snapshot_key = snapshot_key
         self._snapshot_keys = {m.name: _snapshot_key(spec, m) for m in spec.models}
+        if spec.blend is not None:
+            self._snapshot_keys["blend"] = _snapshot_key(spec, ModelSpec(
+                "blend", spec.blend.policy, {"deciders": ",".join(m.name for m in spec.deciders),
+                                             **{f"w_{k}": v for k, v in sorted(spec.blend.weights.items())}}))
         self._learned_since_snapshot = False
+        self._restored: set[str] = set()
         if snapshot_key is not None:
             self._restore()
+        #: label timeouts: a heap of (deadline, event id), mirrored in state as "t:<event id>"
+        self._timeout = spec.label_timeout_ms if spec.label_default is not None and self.models else None
+        self._provisional = self._timeout is not None and spec.label_provisional
+        self._deadlines: list[tuple[int, str]] = []
+        #: largest event time seen on events and on labels (persisted as "w:events", "w:labels")
+        self._wm: dict[str, int | None] = {"event": None, "label": None}
+        if self._timeout is not None:
+            self._deadlines = [(int(v), k[2:]) for k, v in store.scan("t:")]
+            heapq.heapify(self._deadlines)
+            for kind in self._wm:
+                raw = store.get("w:" + kind)
+                self._wm[kind] = None if raw is None else int(raw)
 
     # -- model snapshots -------------------------------------------------------
     def _restore(self) -> None:
         """Continue each model (and its prequential metrics) from its signed snapshot, if any."""
         assert self.snapshot_key is not None
-        for m in self.models:
+        for m in list(self.models):
             blob = self.store.get(self._snapshot_keys[m.name])
             if blob is None:
                 continue
             snap = persistence.loads(blob, self.snapshot_key)   # refuses unsigned or tampered bytes
-            m.estimator, m.n_learned = snap["estimator"], snap["n_learned"]
+            if "deep" in snap:   # torch: the checkpoint bytes, loaded with weights_only=True
+                new = type(m).loads(snap["deep"], device=m.device.type)
+                for models in (self.models, self.batch_models):
+                    models[models.index(m)] = new
+                if self.champion is m:
+                    self.champion = new
+            else:
+                m.estimator, m.n_learned = snap["estimator"], snap["n_learned"]
             self.prequential[m.name] = snap["prequential"]
+            self._restored.add(m.name)
+        if self.blend is not None and (blob := self.store.get(self._snapshot_keys["blend"])) is not None:
+            snap = persistence.loads(blob, self.snapshot_key)
+            self.blend, self.prequential["blend"] = snap["blend"], snap["prequential"]
 
     def _snapshot(self) -> None:
         assert self.snapshot_key is not None
         for m in self.models:
-            self.store.put(self._snapshot_keys[m.name], persistence.dumps(
-                {"estimator": m.estimator, "n_learned": m.n_learned, "prequential": self.prequential[m.name]},
-                self.snapshot_key))
+            if m in self.batch_models:
+                doc = {"deep": m.dumps(), "prequential": self.prequential[m.name]}
+            else:
+                doc = {"estimator": m.estimator, "n_learned": m.n_learned, "prequential": self.prequential[m.name]}
+            self.store.put(self._snapshot_keys[m.name], persistence.dumps(doc, self.snapshot_key))
+        if self.blend is not None:
+            self.store.put(self._snapshot_keys["blend"], persistence.dumps(
+                {"blend": self.blend, "prequential": self.prequential["blend"]}, self.snapshot_key))
         self._learned_since_snapshot = False
+
+    def has_history(self, name: str) -> bool:
+        """True when model ``name`` continued from a snapshot or has learned here."""
+        return name in self._restored or any(m.name == name and m.n_learned for m in self.models)
+
+    def swap_weights(self, name: str, checkpoint: Any) -> str:
+        """Hot-swap a torch model's weights from a checkpoint (a DeepModel or its ``state()``); its new version.
+
+        Called between batches only, so a batch is scored by one set of weights.
+        """
+        model = next((m for m in self.batch_models if m.name == name), None)
+        if model is None:
+            raise KeyError(f"no torch model named {name!r} in pipeline {self.spec.name!r}")
+        model.load_weights_from(checkpoint)
+        self._learned_since_snapshot = True     # the next flush snapshots the new weights
+        return model.version
 
     # -- batch entry point -------------------------------------------------
     def process(self, topic: str, records: Sequence[Any]) -> list[Output]:
         """Process one batch of ``topic`` ("events" or "labels"), in offset order."""
-        stats = BatchStats(dlq=Tally(), latencies_s=[])
+        stats = BatchStats(dlq=Tally(), latencies_s=[], rule_hits=Tally(), inference_s={})
         out: list[Output] = []
         decode = self.codec.decode
         decoded = [decode(rec.value, rec.key) for rec in records]
-        features = self._window_features(decoded) if self.windows is not None else {}
+        new = self._new_events(decoded) if self.windows is not None or self.batch_models else []
+        features = self._window_features(decoded, new) if self.windows is not None else {}
+        batch_scores = self._batch_scores(decoded, new, features, stats) if self.batch_models else {}
         for i, rec in enumerate(records):
             d = decoded[i]
             kind = d.kind
             if kind == "event":
                 stats.events += 1
-                self._event(d, rec, out, stats, features.get(i))
+                if self._timeout is not None:
+                    self._expire("event", d.ts, stats)
+                self._event(d, rec, out, stats, features.get(i), batch_scores.get(i))
             elif kind == "label":
                 stats.labels += 1
+                if self._timeout is not None:
+                    self._expire("label", d.ts, stats)
                 self._label(d, rec, topic, out, stats)
             else:
                 self._dlq(d.reason, d.detail, topic, rec, out, stats)
@@ -154,30 +225,59 @@ class PartitionProcessor:
         return out
 
     # -- events ---------------------------------------------------------------
-    def _window_features(self, decoded: Sequence[Decoded]) -> dict[int, dict[str, float]]:
-        """Window features of the batch's new events, in offset order, in one kernel call per window.
+    def _new_events(self, decoded: Sequence[Decoded]) -> list[int]:
+        """Indexes of the batch's new events: not stored, not repeated earlier in the batch.
 
-        Windows do not depend on labels or models, so they are computed for the
-        whole batch first; redelivered events (stored, or repeated within the
-        batch) are left out, so they change no window.
+        Redelivered events are answered from state and change nothing, so the
+        batch-wide steps (windows, torch inference) leave them out.
         """
-        assert self.windows is not None
         get = self.store.get
         seen: set[str] = set()
         index: list[int] = []
-        docs: list[dict[str, Any]] = []
-        ts: list[int] = []
         for i, d in enumerate(decoded):
             if d.kind == "event" and d.event_id not in seen:
                 seen.add(d.event_id)
                 if get("p:" + d.event_id) is None:
                     index.append(i)
-                    docs.append(d.doc)  # type: ignore[arg-type]
-                    ts.append(d.ts)
-        return dict(zip(index, self.windows.update_batch(docs, ts, get)))
+        return index
+
+    def _window_features(self, decoded: Sequence[Decoded], new: Sequence[int]) -> dict[int, dict[str, float]]:
+        """Window features of the batch's new events, in offset order, in one kernel call per window.
+
+        Windows do not depend on labels or models, so they are computed for the
+        whole batch first.
+        """
+        assert self.windows is not None
+        docs = [decoded[i].doc for i in new]
+        ts = [decoded[i].ts for i in new]
+        return dict(zip(new, self.windows.update_batch(docs, ts, self.store.get)))  # type: ignore[arg-type]
+
+    def _batch_scores(self, decoded: Sequence[Decoded], new: Sequence[int],
+                      features: Mapping[int, dict[str, float]], stats: BatchStats) -> dict[int, dict[str, float]]:
+        """Torch scores of the batch's new events: one forward pass per model per batch.
+
+        The weights are those at the start of the batch: a training step taken
+        while the batch's labels are applied serves the next batch (a
+        mini-batch server's usual contract). Redelivered events keep their
+        stored prediction, so this never makes a duplicate differ.
+        """
+        if not new:
+            return {}
+        xs = []
+        for i in new:
+            x = decoded[i].x
+            f = features.get(i)
+            xs.append({**x, **f} if f else x)  # type: ignore[dict-item]
+        out: dict[int, dict[str, float]] = {i: {} for i in new}
+        for m in self.batch_models:
+            t0 = time.perf_counter()
+            for i, p in zip(new, m.predict_proba_many(xs)):
+                out[i][m.name] = p
+            stats.inference_s[m.name] = time.perf_counter() - t0  # type: ignore[index]
+        return out
 
     def _event(self, d: Decoded, rec: Any, out: list[Output], stats: BatchStats,
-               feats: dict[str, float] | None = None) -> None:
+               feats: dict[str, float] | None = None, pre_scores: dict[str, float] | None = None) -> None:
         eid = d.event_id
         stored_pred = self.store.get("p:" + eid)
         if stored_pred is not None:
@@ -190,20 +290,8 @@ class PartitionProcessor:
             x = {**x, **feats}
         scores: dict[str, float] | None = None
         if self.models:
-            scores = {m.name: m.predict_proba_one(x) for m in self.models}
-            champion = self.models[0]
-            score = scores[champion.name]
-            doc: dict[str, Any] = {
-                "event_id": eid,
-                "key": d.key,
-                "ts": d.ts,
-                "score": score,
-                "class": int(score > self.spec.threshold),  # ties -> 0, as River's argmax
-                "model": champion.name,
-                "model_version": champion.version,
-                "scores": scores,
-                **({"features": feats} if feats else {}),
-            }
+            scores = self._scores(x, pre_scores)
+            doc = self._decide(eid, d, x, scores, feats, stats)
         else:  # a features-only pipeline
             doc = {"event_id": eid, "key": d.key, "ts": d.ts, "features": feats}
         pred = orjson.dumps(doc)
@@ -215,11 +303,103 @@ class PartitionProcessor:
         if scores is None:
             return
         self.store.put("e:" + eid, orjson.dumps({"x": x, "s": scores}))
+        if self._provisional:        # learn the default label now; the real one corrects it later
+            self._train(x, scores, self.spec.label_default)  # type: ignore[arg-type]
+        if self._timeout is not None:
+            deadline = d.ts + self._timeout
+            heapq.heappush(self._deadlines, (deadline, eid))
+            self.store.put("t:" + eid, str(deadline).encode())
         pending = self.store.get("l:" + eid)
         if pending is not None:
             self.store.delete("l:" + eid)
-            self._learn(eid, x, scores, orjson.loads(pending)["y"])
+            self._join(eid, {"x": x, "s": scores}, orjson.loads(pending)["y"])
             stats.labels_joined += 1
+
+    def _scores(self, x: dict[str, Any], pre: dict[str, float] | None) -> dict[str, float]:
+        """Every model's score of ``x`` (spec order), then the blend's."""
+        scores: dict[str, float] = {}
+        for m in self.models:
+            if m in self.batch_models:
+                scores[m.name] = pre[m.name] if pre is not None else m.predict_proba_many([x])[0]
+            else:
+                scores[m.name] = m.predict_proba_one(x)
+        for k, v in scores.items():
+            if not math.isfinite(v):       # a diverged model: publish "don't know", never NaN
+                scores[k] = 0.5
+        if self.blend is not None:
+            scores["blend"] = self.blend.score(scores)
+        return scores
+
+    def _decide(self, eid: str, d: Decoded, x: dict[str, Any], scores: dict[str, float],
+                feats: dict[str, float] | None, stats: BatchStats) -> dict[str, Any]:
+        """The published prediction: the decision's score, after the rules, with its reasons."""
+        score = scores[self.decision]
+        cls = int(score > self.spec.threshold)  # ties -> 0, as River's argmax
+        if self.blend is not None:
+            version = "+".join([m.version for m in self.models if m.name in self.blend.models] + [self.blend.version])
+        else:
+            version = self.champion.version
+        doc: dict[str, Any] = {
+            "event_id": eid,
+            "key": d.key,
+            "ts": d.ts,
+            "score": score,
+            "class": cls,
+            "model": self.decision,
+            "model_version": version,
+            "scores": scores,
+        }
+        if self.rules is not None:
+            ctx = {**x, "score": score, **{f"score_{k}": v for k, v in scores.items()}}
+            final, cls, outcome = self.rules.apply(score, self.spec.threshold, ctx)
+            if outcome.hits:
+                doc["score"], doc["class"] = final, cls
+                doc["rules"] = list(outcome.hits)
+                doc["reasons"] = list(outcome.reasons)
+                stats.rule_hits.update(outcome.hits)  # type: ignore[union-attr]
+        if feats:
+            doc["features"] = feats
+        return doc
+
+    def _expire(self, kind: str, ts: int, stats: BatchStats) -> None:
+        """Give the default label to every event whose deadline is before the watermark.
+
+        The watermark is event time that both inputs have passed: the smaller
+        of the largest event ``ts`` and the largest label ``ts`` seen in this
+        partition. So a replay that reads events far ahead of their labels
+        (two topics, consumed as fast as possible) does not time out events
+        whose labels are merely still in the labels topic. If labels fall more
+        than a whole timeout behind (or none came yet), the watermark is the
+        event time minus the timeout: idle labels cannot stop timeouts forever.
+        Timeouts fire in deadline order, before the record that moved the
+        watermark is processed.
+        """
+        wm_seen = self._wm[kind]
+        if wm_seen is None or ts > wm_seen:
+            self._wm[kind] = ts
+        ev, lab = self._wm["event"], self._wm["label"]
+        if ev is None:
+            return
+        timeout = self._timeout
+        assert timeout is not None
+        wm = ev - timeout if lab is None or ev - lab > timeout else min(ev, lab)
+        heap = self._deadlines
+        while heap and heap[0][0] < wm:
+            _, eid = heapq.heappop(heap)
+            self.store.delete("t:" + eid)
+            stored = self.store.get("e:" + eid)
+            if stored is None:            # a restart replayed it, or it was never scored
+                continue
+            doc = orjson.loads(stored)
+            if "y" in doc:                # labelled before the deadline: trained then, evaluated now
+                for name, preq in self.prequential.items():
+                    preq.update(doc["y"], doc["s"][name])
+                self._learned_since_snapshot = True
+                self.store.delete("e:" + eid)
+                self.store.put("y:" + eid, b"d")
+            else:                         # no label: the default
+                self._learn(eid, doc["x"], doc["s"], self.spec.label_default, marker=b"d")  # type: ignore[arg-type]
+                stats.labels_timed_out += 1
 
     # -- labels ---------------------------------------------------------------
     def _label(self, d: Decoded, rec: Any, topic: str, out: list[Output], stats: BatchStats) -> None:
@@ -229,24 +409,56 @@ class PartitionProcessor:
         stored = store.get("e:" + eid)          # the common case: one lookup
         if stored is not None:
             doc = orjson.loads(stored)
-            self._learn(eid, doc["x"], doc["s"], d.y)
-            stats.labels_joined += 1
+            if "y" not in doc:
+                self._join(eid, doc, d.y)
+                stats.labels_joined += 1
+                return
+        marker = store.get("y:" + eid)
+        if marker == b"d":                       # its deadline passed first: a late label
+            stats.labels_late += 1
             return
-        if store.get("y:" + eid) is not None or store.get("l:" + eid) is not None:
+        if stored is not None or marker is not None or store.get("l:" + eid) is not None:
             self._dlq(Reason.DUPLICATE_LABEL.value, f"event {eid!r} already has a label", topic, rec, out,
                       stats, eid)
             return
         store.put("l:" + eid, orjson.dumps({"y": d.y, "ts": d.ts}))
         stats.labels_pending += 1
 
-    def _learn(self, eid: str, x: dict[str, Any], scores: dict[str, float], y: float) -> None:
-        for m in self.models:
-            self.prequential[m.name].update(y, scores[m.name])
-            m.learn_one(x, y)
+    def _join(self, eid: str, doc: dict[str, Any], y: float) -> None:
+        """A label meets its event's stored features and scores.
+
+        Without a label timeout: evaluate and train now. With one, the event's
+        outcome is final only at its deadline (a return may still come), so
+        the label trains the models now and waits in the event's state; the
+        prequential metrics count the event at its deadline with its final
+        label. Evaluating at the label instead would count every early return
+        but only the negatives whose deadline passed: a biased sample.
+        """
+        if self._timeout is None:
+            self._learn(eid, doc["x"], doc["s"], y)
+            return
+        if not (self._provisional and y == self.spec.label_default):
+            self._train(doc["x"], doc["s"], y)
+        self.store.put("e:" + eid, orjson.dumps({**doc, "y": y}))
+
+    def _learn(self, eid: str, x: dict[str, Any], scores: dict[str, float], y: float, marker: bytes = b"1") -> None:
+        for name, preq in self.prequential.items():
+            preq.update(y, scores[name])
+        if not (self._provisional and y == self.spec.label_default):   # already learned at scoring time
+            self._train(x, scores, y)
         self._learned_since_snapshot = True
         # the feature snapshot has served its purpose: keep only a small "labelled" marker
         self.store.delete("e:" + eid)
-        self.store.put("y:" + eid, b"1")
+        if self._timeout is not None:
+            self.store.delete("t:" + eid)
+        self.store.put("y:" + eid, marker)      # b"d": labelled by the timeout
+
+    def _train(self, x: dict[str, Any], scores: dict[str, float], y: float) -> None:
+        for m in self.models:
+            m.learn_one(x, y)
+        if self.blend is not None:
+            self.blend.learn_one(scores, int(y))
+        self._learned_since_snapshot = True
 
     # -- dead letters ---------------------------------------------------------
     def _dlq(self, reason: str, detail: str, topic: str, rec: Any, out: list[Output], stats: BatchStats,
@@ -261,9 +473,16 @@ class PartitionProcessor:
         """Plain-data figures of this partition (for the metrics topic)."""
         return {
             "partition": self.partition,
-            "models": {m.name: {"version": m.version, **self.prequential[m.name].state()} for m in self.models},
+            "models": {name: {"version": self.version_of(name), **preq.state()}
+                       for name, preq in self.prequential.items()},
         "late_events": self.windows.late if self.windows is not None else 0,
         }
+
+    def version_of(self, name: str) -> str:
+        """Version of model ``name`` (or of the blend)."""
+        if name == "blend" and self.blend is not None:
+            return self.blend.version
+        return next(m.version for m in self.models if m.name == name)
 
     def flush(self) -> int:
         """Write window state and model snapshots, then every dirty key, in one RocksDB batch.
@@ -274,6 +493,10 @@ class PartitionProcessor:
         """
         if self.windows is not None:
             self.windows.flush(self.store.put)
+        if self._timeout is not None:
+            for kind, wm in self._wm.items():
+                if wm is not None:
+                    self.store.put("w:" + kind, str(wm).encode())
         if self.snapshot_key is not None and self._learned_since_snapshot:
             self._snapshot()
         return self.store.flush()

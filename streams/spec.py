@@ -47,7 +47,11 @@ class PipelineSpec:
     models: tuple[ModelSpec, ...] = ()
     windows: tuple[WindowSpec, ...] = ()
     threshold: float = 0.5
-    label_timeout_ms: int | None = None   # documented only: the data emits the default label
+    label_timeout_ms: int | None = None   # with label_default: the worker emits that label at the deadline
+    label_default: float | None = None    # the label of an event with none ``label_timeout_ms`` after it
+    label_provisional: bool = False       # learn label_default at scoring time; a real label corrects it
+    rules: tuple[Any, ...] = ()           # models.rules.RuleSpec, in spec order
+    blend: Any = None                     # models.blend.BlendSpec, or None: the champion alone
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -62,8 +66,35 @@ class PipelineSpec:
 
     @property
     def champion(self) -> ModelSpec:
-        """The model whose score is published as the decision."""
-        return self.models[0]
+        """The first non-shadow model (the decision itself when there is no blend)."""
+        return next(m for m in self.models if not m.shadow)
+
+    @property
+    def deciders(self) -> tuple[ModelSpec, ...]:
+        """The models whose scores make the published decision.
+
+        With ``[blend]``: every non-shadow model. Without: the champion alone
+        (the other models are then challengers, as if marked ``shadow``).
+        """
+        if self.blend is None:
+            return (self.champion,)
+        return tuple(m for m in self.models if not m.shadow)
+
+    @property
+    def blended(self) -> bool:
+        """True when the decision is a blend of models (a ``[blend]`` table)."""
+        return self.blend is not None
+
+    @property
+    def decision_name(self) -> str:
+        """Name of the published decision's model: ``blend`` or the champion's."""
+        return "blend" if self.blended else self.champion.name
+
+    @property
+    def rule_fields(self) -> tuple[str, ...]:
+        """Names a rule expression may use: features, ``score`` and ``score_<model>``."""
+        return (self.model_numeric + self.categorical + ("score",)
+                + tuple(f"score_{m.name}" for m in self.models))
 
 
 def _require(d: Mapping[str, Any], key: str, where: str) -> Any:
@@ -86,14 +117,24 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
     for m in models_doc:
         if not isinstance(m.get("params", {}), dict):
             raise SpecError(f"{source}: model {m.get('name')!r}: params must be a table, e.g. params = {{ lr = 0.01 }}")
+    for m in models_doc:
+        if unknown := set(m) - {"name", "kind", "params", "shadow"}:
+            raise SpecError(f"{source}: model {m.get('name')!r}: unknown key(s) {sorted(unknown)}")
+        if not isinstance(m.get("shadow", False), bool):
+            raise SpecError(f"{source}: model {m.get('name')!r}: shadow must be true or false")
     models = tuple(
         ModelSpec(name=_require(m, "name", f"{source} [[models]]"),
                   kind=_require(m, "kind", f"{source} [[models]]"),
-                  params=dict(m.get("params", {})))
+                  params=dict(m.get("params", {})),
+                  shadow=m.get("shadow", False))
         for m in models_doc
     )
     if len({m.name for m in models}) != len(models):
         raise SpecError(f"{source}: model names must be unique")
+    if "blend" in {m.name for m in models}:
+        raise SpecError(f"{source}: 'blend' is reserved for the blended decision; rename that model")
+    if models and all(m.shadow for m in models):
+        raise SpecError(f"{source}: every model is a shadow: at least one must make the decision")
     for section in ("numeric", "categorical", "optional"):
         names = feats.get(section, [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -128,16 +169,57 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
         windows=windows,
         threshold=float(doc.get("decision", {}).get("threshold", 0.5)),
         label_timeout_ms=doc.get("labels", {}).get("timeout_ms"),
-        extra={k: v for k, v in doc.items() if k not in {"pipeline", "fields", "features", "models", "windows", "decision", "labels"}},
+        label_default=doc.get("labels", {}).get("default"),
+        label_provisional=doc.get("labels", {}).get("provisional", False),
+        extra={k: v for k, v in doc.items()
+               if k not in {"pipeline", "fields", "features", "models", "windows", "decision", "labels", "rules", "blend"}},
     )
-    from models.registry import build_estimator  # validate model kinds and params now, not mid-stream
+    spec = _with_rules_and_blend(spec, doc, source)
+    labels_doc = doc.get("labels", {})
+    if unknown := set(labels_doc) - {"timeout_ms", "default", "provisional"}:
+        raise SpecError(f"{source}: [labels]: unknown key(s) {sorted(unknown)}; known: default, provisional, timeout_ms")
+    if not isinstance(spec.label_provisional, bool) or (spec.label_provisional and spec.label_default is None):
+        raise SpecError(f"{source}: [labels] provisional must be true or false, and needs default and timeout_ms")
+    if spec.label_default is not None:
+        if spec.label_default not in (0, 1) or isinstance(spec.label_default, bool):
+            raise SpecError(f"{source}: [labels] default must be 0 or 1 for a classification pipeline")
+        if not isinstance(spec.label_timeout_ms, int) or spec.label_timeout_ms <= 0:
+            raise SpecError(f"{source}: [labels] default needs a positive integer timeout_ms")
+    from models.registry import check_model  # validate model kinds and params now, not mid-stream
 
     for m in models:
         try:
-            build_estimator(m, spec.model_numeric, spec.categorical)
+            check_model(m, spec.model_numeric, spec.categorical)
         except (ValueError, TypeError) as exc:
             raise SpecError(f"{source}: model {m.name!r}: {exc}") from exc
     return spec
+
+
+def _with_rules_and_blend(spec: PipelineSpec, doc: Mapping[str, Any], source: str) -> PipelineSpec:
+    """Parse ``[[rules]]`` and ``[blend]``; compile the rules now so a bad one fails at load."""
+    import dataclasses
+
+    rules_doc, blend_doc = doc.get("rules", []), doc.get("blend")
+    if not rules_doc and blend_doc is None:
+        return spec
+    if not spec.models:
+        raise SpecError(f"{source}: [[rules]] and [blend] need [[models]]")
+    from models.blend import Blend, BlendSpec
+    from models.rules import RuleSet, RuleSpec
+
+    try:
+        rules = tuple(RuleSpec.parse(r) for r in rules_doc)
+        RuleSet(rules, spec.rule_fields)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SpecError(f"{source}: [[rules]]: {exc}") from exc
+    blend = None
+    if blend_doc is not None:
+        try:
+            blend = BlendSpec.parse(blend_doc)
+            Blend(blend, [m.name for m in spec.models if not m.shadow])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SpecError(f"{source}: [blend]: {exc}") from exc
+    return dataclasses.replace(spec, rules=rules, blend=blend)
 
 
 def load_spec(name_or_path: str | Path) -> PipelineSpec:

@@ -74,6 +74,22 @@ class PartitionStore:
         self._dirty = {}
         return n
 
+    def scan(self, prefix: str) -> list[tuple[str, bytes]]:
+        """Every ``(key, value)`` under ``prefix``, on disk and pending, in key order."""
+        pre = prefix.encode()
+        found: dict[bytes, bytes] = {}
+        for k, v in self._db.items(from_key=pre):
+            if not k.startswith(pre):
+                break
+            found[k] = v
+        for k, v in self._dirty.items():
+            if k.startswith(pre):
+                if v is _DELETED:
+                    found.pop(k, None)
+                else:
+                    found[k] = v  # type: ignore[assignment]
+        return [(k.decode(), found[k]) for k in sorted(found)]
+
     def __len__(self) -> int:
         """Keys on disk (after a flush); an estimate is cheaper, this is exact."""
         return sum(1 for _ in self._db.keys())

@@ -84,7 +84,7 @@ def test_shipped_files_match_source_md(name: str) -> None:
 
 
 def test_registry_is_read_only() -> None:
-    assert set(DATASETS) == {"elec2", "online_retail", "beijing_air_quality", "xwines", "otto"}
+    assert set(DATASETS) == {"elec2", "online_retail", "online_retail_returns", "beijing_air_quality", "xwines", "otto"}
     with pytest.raises(TypeError):
         DATASETS["x"] = DATASETS["otto"]  # type: ignore[index]
     with pytest.raises(ValueError, match="unknown dataset"):

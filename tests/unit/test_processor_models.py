@@ -1,0 +1,251 @@
+"""PartitionProcessor with several kinds of model: torch, blend, rules, shadows, label timeouts.
+
+Real River, real torch (CPU), real RocksDB; no broker. Each test states the
+semantics it pins (see the processor's and models' docstrings).
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.processor import Output, PartitionProcessor, Record
+from streams.spec import SpecError, parse_spec
+from streams.state import PartitionStore
+
+KEY = b"k"
+
+BASE = """
+[pipeline]
+name = "t"
+[fields]
+event_id = "event_id"
+timestamp = "ts"
+label = "label"
+[features]
+numeric = ["a", "b"]
+categorical = ["c"]
+"""
+
+
+def spec_of(extra: str) -> Any:
+    return parse_spec(tomllib.loads(BASE + extra), "<test>")
+
+
+_off = itertools.count()
+
+
+def ev(i: int, ts: int | None = None, **over: Any) -> dict[str, Any]:
+    v = {"event_id": f"e{i}", "ts": i * 10 if ts is None else ts, "a": (i % 7) / 7, "b": float(i % 3),
+         "c": "xy"[i % 2]}
+    v.update(over)
+    return v
+
+
+def lab(i: int, y: int, ts: int = 0) -> dict[str, Any]:
+    return {"event_id": f"e{i}", "ts": ts, "label": y}
+
+
+def recs(*docs: dict[str, Any]) -> list[Record]:
+    return [Record(next(_off), KEY, orjson.dumps(d), 0) for d in docs]
+
+
+def preds(outs: list[Output]) -> list[dict[str, Any]]:
+    return [orjson.loads(o.value) for o in outs if o.topic == "predictions"]
+
+
+def proc(spec: Any, path: Path, key: bytes | None = b"0123456789abcdef-test") -> PartitionProcessor:
+    return PartitionProcessor(spec, PartitionStore(path), 0, snapshot_key=key, clock=lambda: 0.0)
+
+
+LR = """
+[[models]]
+name = "lr"
+kind = "logistic_regression"
+"""
+DEEP = """
+[[models]]
+name = "deep"
+kind = "wide_deep"
+params = { batch_size = 4, hidden = 8, embed_dim = 2, buckets = 64, device = "cpu" }
+"""
+
+
+# -- label timeouts --------------------------------------------------------------
+TIMEOUT = LR + """
+[labels]
+timeout_ms = 100
+default = 0
+"""
+
+
+def test_timeout_fires_when_events_and_labels_both_pass_the_deadline(tmp_path: Path) -> None:
+    p = proc(spec_of(TIMEOUT), tmp_path / "s")
+    p.process("events", recs(ev(0, ts=0), ev(1, ts=50), ev(2, ts=100)))
+    p.process("labels", recs(lab(2, 1, ts=101)))
+    assert p.models[0].n_learned == 1          # e2's label; deadline 100 is not before min(100, 101)
+    p.process("events", recs(ev(3, ts=101)))
+    assert p.models[0].n_learned == 2 and p.last_stats.labels_timed_out == 1   # e0
+    p.process("events", recs(ev(4, ts=151)))
+    assert p.last_stats.labels_timed_out == 0  # labels are still at 101: e1 (deadline 150) may yet get one
+    p.process("labels", recs(lab(4, 0, ts=151)))
+    assert p.last_stats.labels_timed_out == 1 and p.models[0].n_learned == 4
+    # labels train at once; the metrics count an event at its deadline (e2, e4: not yet)
+    assert p.prequential["lr"].state()["n"] == 2
+
+
+def test_idle_labels_delay_timeouts_by_one_timeout_at_most(tmp_path: Path) -> None:
+    p = proc(spec_of(TIMEOUT), tmp_path / "s")
+    p.process("events", recs(ev(0, ts=0), ev(1, ts=200)))
+    assert p.last_stats.labels_timed_out == 0
+    p.process("events", recs(ev(2, ts=201)))   # no label ever: watermark = 201 - 100 > deadline 100
+    assert p.last_stats.labels_timed_out == 1
+
+
+def test_labels_before_the_deadline_train_now_and_count_at_the_deadline(tmp_path: Path) -> None:
+    p = proc(spec_of(TIMEOUT), tmp_path / "s")
+    p.process("events", recs(ev(0, ts=0), ev(1, ts=0)))
+    p.process("labels", recs(lab(0, 1)))
+    assert p.models[0].n_learned == 1 and p.prequential["lr"].state()["n"] == 0
+    out = p.process("labels", recs(lab(0, 1)))
+    assert [orjson.loads(o.value)["reason"] for o in out if o.topic == "dlq"] == ["duplicate_label"]
+    p.process("events", recs(ev(2, ts=500)))
+    assert p.last_stats.labels_timed_out == 1  # only e1: e0 had its label
+    preq = p.prequential["lr"].state()
+    assert preq["n"] == 2 and preq["auc_pos"] and preq["auc_neg"]    # e0 counted as 1, e1 as 0
+    out = p.process("labels", recs(lab(1, 1), lab(0, 1)))   # after the deadline: late, not dead letters
+    assert out == [] and p.last_stats.labels_late == 2 and p.models[0].n_learned == 2
+
+
+def test_pending_timeouts_survive_a_restart(tmp_path: Path) -> None:
+    spec = spec_of(TIMEOUT)
+    p = proc(spec, tmp_path / "s")
+    p.process("events", recs(ev(0, ts=0), ev(1, ts=10)))
+    p.flush()
+    p.close()
+    q = proc(spec, tmp_path / "s")
+    q.process("events", recs(ev(2, ts=1000)))
+    assert q.last_stats.labels_timed_out == 2 and q.models[0].n_learned == 2
+    q.flush()
+    assert q.store.scan("t:") == [("t:e2", b"1100")]   # bounded: only the open deadline is left
+    assert q.store.get("w:event") == b"1000"
+
+
+def test_default_label_needs_a_timeout() -> None:
+    with pytest.raises(SpecError, match="timeout_ms"):
+        spec_of(LR + "\n[labels]\ndefault = 0\n")
+
+
+# -- torch model -------------------------------------------------------------------
+def test_torch_scores_once_per_batch_and_learns_from_labels(tmp_path: Path) -> None:
+    spec = spec_of(LR + DEEP)
+    p = proc(spec, tmp_path / "s")
+    out = p.process("events", recs(*[ev(i) for i in range(8)]))
+    ps = preds(out)
+    assert [d["event_id"] for d in ps] == [f"e{i}" for i in range(8)]
+    assert all(set(d["scores"]) == {"lr", "deep"} for d in ps)
+    assert all(0.0 < d["scores"]["deep"] < 1.0 for d in ps)
+    assert p.last_stats.inference_s and "deep" in p.last_stats.inference_s
+    deep = p.batch_models[0]
+    assert deep.version == "deep@0"
+    p.process("labels", recs(*[lab(i, i % 2) for i in range(8)]))
+    assert deep.version == "deep@2"            # 8 labels, a step every 4
+    # the champion (first model) makes the decision without a [blend]
+    assert ps[0]["model"] == "lr" and ps[0]["score"] == ps[0]["scores"]["lr"]
+
+
+def test_torch_model_snapshot_restores_exactly(tmp_path: Path) -> None:
+    spec = spec_of(LR + DEEP)
+    p = proc(spec, tmp_path / "s")
+    p.process("events", recs(*[ev(i) for i in range(10)]))
+    p.process("labels", recs(*[lab(i, i % 2) for i in range(10)]))
+    p.flush()
+    before = p.process("events", recs(ev(100), ev(101)))
+    p.close()
+    q = proc(spec, tmp_path / "s")
+    assert q.batch_models[0].version == p.batch_models[0].version
+    # e100/e101 were not flushed: scored again after the restart, with the same weights -> same bytes
+    after = q.process("events", recs(ev(100), ev(101)))
+    assert [o.value for o in after] == [o.value for o in before]
+
+
+def test_hot_swap_changes_weights_and_version_between_batches(tmp_path: Path) -> None:
+    spec = spec_of(DEEP)
+    trained = proc(spec, tmp_path / "a")
+    trained.process("events", recs(*[ev(i) for i in range(40)]))
+    trained.process("labels", recs(*[lab(i, 1) for i in range(40)]))
+    ckpt = trained.batch_models[0].state()
+    live = proc(spec, tmp_path / "b")
+    s0 = preds(live.process("events", recs(ev(1000))))[0]
+    version = live.swap_weights("deep", ckpt)
+    s1 = preds(live.process("events", recs(ev(1001, **{k: ev(1000)[k] for k in ("a", "b", "c")}))))[0]
+    assert version == "deep@10" and s1["model_version"] == "deep@10" and s0["model_version"] == "deep@0"
+    assert s1["score"] > s0["score"]          # trained on positives only
+    with pytest.raises(KeyError):
+        live.swap_weights("nope", ckpt)
+
+
+# -- blend, rules, shadows --------------------------------------------------------------
+BLEND = LR + DEEP + """
+[[models]]
+name = "hat"
+kind = "hoeffding_adaptive_tree"
+shadow = true
+
+[blend]
+policy = "weighted"
+weights = { lr = 3.0, deep = 1.0 }
+"""
+
+
+def test_weighted_blend_publishes_the_blend_and_keeps_shadows_out(tmp_path: Path) -> None:
+    spec = spec_of(BLEND)
+    assert spec.decision_name == "blend" and [m.name for m in spec.deciders] == ["lr", "deep"]
+    p = proc(spec, tmp_path / "s")
+    d = preds(p.process("events", recs(ev(1))))[0]
+    s = d["scores"]
+    assert d["model"] == "blend" and set(s) == {"lr", "deep", "hat", "blend"}
+    assert d["score"] == pytest.approx((3 * s["lr"] + s["deep"]) / 4)
+    assert d["model_version"] == "lr@0+deep@0+blend@0"
+    p.process("labels", recs(lab(1, 1)))
+    figures = p.snapshot()["models"]
+    assert set(figures) == {"lr", "deep", "hat", "blend"} and figures["hat"]["n"] == 1
+
+
+def test_rules_floor_cap_override_and_reasons(tmp_path: Path) -> None:
+    spec = spec_of(LR + """
+[[rules]]
+name = "big_a"
+when = "a > 0.5"
+reason = "large_a"
+action = "floor"
+value = 0.9
+
+[[rules]]
+name = "c_is_y"
+when = "c == 'y' and score_lr < 0.99"
+reason = "category_y"
+action = "flag"
+""")
+    p = proc(spec, tmp_path / "s")
+    out = preds(p.process("events", recs(ev(6, a=0.8, c="x"), ev(2, a=0.1, c="y"), ev(3, a=0.1, c="x"))))
+    assert out[0]["score"] == 0.9 and out[0]["class"] == 1 and out[0]["reasons"] == ["large_a"]
+    assert out[0]["scores"]["lr"] == 0.5      # the model's own score is kept
+    assert out[1]["rules"] == ["c_is_y"] and out[1]["score"] == 0.5
+    assert "rules" not in out[2]
+    assert p.last_stats.rule_hits == {"big_a": 1, "c_is_y": 1}
+
+
+def test_a_rule_over_an_unknown_field_is_refused_at_load() -> None:
+    with pytest.raises(SpecError, match="rules"):
+        spec_of(LR + '\n[[rules]]\nname = "r"\nwhen = "nope > 1"\nreason = "x"\n')
+
+
+def test_every_model_a_shadow_is_refused() -> None:
+    with pytest.raises(SpecError, match="shadow"):
+        spec_of(LR.replace('kind = "logistic_regression"', 'kind = "logistic_regression"\nshadow = true'))
