@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         between micro-batches; workers that start later begin from it.
 
         Example:
-          streamscore convert online_retail --out /tmp/retail.jsonl.gz
+          streamscore convert online_retail_returns --out /tmp/retail.jsonl.gz
           streamscore train --pipeline online_retail --data /tmp/retail.jsonl.gz""")
     sp.add_argument("--pipeline", default=None, help="Pipeline spec (pipelines/NAME.toml or a path); default: --pipeline setting.")
     sp.add_argument("--data", required=True, help="Recorded-stream file (.jsonl or .jsonl.gz).")

@@ -112,8 +112,8 @@ class PartitionProcessor:
         #: torch models: one ``predict_proba_many`` per micro-batch; the rest score event by event
         self.batch_models = [m for m in self.models if hasattr(m, "predict_proba_many")]
         self.river_models = [m for m in self.models if not hasattr(m, "predict_proba_many")]
-        self.champion = next(m for m in self.models if m.name == spec.champion.name)
-        self.decision = spec.decision_name
+        self.champion = next(m for m in self.models if m.name == spec.champion.name) if self.models else None
+        self.decision = spec.decision_name if self.models else "features"
         self.blend = Blend(spec.blend, [m.name for m in spec.deciders]) if spec.blend is not None else None
         self.rules = RuleSet(spec.rules, spec.rule_fields) if spec.rules else None
         self.windows = Windows(spec.windows) if spec.windows else None

@@ -67,7 +67,10 @@ class PipelineSpec:
     @property
     def champion(self) -> ModelSpec:
         """The first non-shadow model (the decision itself when there is no blend)."""
-        return next(m for m in self.models if not m.shadow)
+        for m in self.models:
+            if not m.shadow:
+                return m
+        raise ValueError(f"pipeline {self.name!r} has no model to decide with")
 
     @property
     def deciders(self) -> tuple[ModelSpec, ...]:

@@ -45,7 +45,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_expected_subcommands() -> None:
-    assert {"demo", "broker", "topics", "worker", "replay", "record", "convert"} <= set(SUBCOMMANDS)
+    assert {"demo", "broker", "topics", "worker", "replay", "record", "convert", "train"} <= set(SUBCOMMANDS)
 
 
 def test_top_level_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -249,3 +249,16 @@ def test_a_rule_over_an_unknown_field_is_refused_at_load() -> None:
 def test_every_model_a_shadow_is_refused() -> None:
     with pytest.raises(SpecError, match="shadow"):
         spec_of(LR.replace('kind = "logistic_regression"', 'kind = "logistic_regression"\nshadow = true'))
+
+
+def test_a_features_only_pipeline_needs_no_model(tmp_path: Path) -> None:
+    spec = parse_spec(tomllib.loads(BASE.replace('name = "t"', 'name = "t"\ntask = "features"') + """
+[[windows]]
+key = "c"
+field = "a"
+size_ms = 1000
+aggs = ["count"]
+"""), "<test>")
+    p = proc(spec, tmp_path / "s")
+    d = preds(p.process("events", recs(ev(1), ev(3))))
+    assert [x["features"]["a_count_1s_by_c"] for x in d] == [1.0, 2.0] and p.decision == "features"
