@@ -288,6 +288,9 @@ class DeepModel:
         self._pending_num: list[np.ndarray] = []
         self._pending_cat: list[np.ndarray] = []
         self._pending_y: list[float] = []
+        #: examples given to learn_one, not yet encoded (encoded together: one _encode per step)
+        self._raw_x: list[Features] = []
+        self._raw_y: list[bool | int] = []
 
     # ------------------------------------------------------------------ properties
 
@@ -298,6 +301,7 @@ class DeepModel:
 
     @property
     def n_pending(self) -> int:
+        self._drain()
         """Labelled examples buffered for the next optimizer step."""
         return len(self._pending_y)
 
@@ -385,13 +389,33 @@ class DeepModel:
     # ------------------------------------------------------------------ learning
 
     def learn_one(self, x: Features, y: bool | int) -> None:
-        """Buffer one labelled example; a full buffer triggers exactly one Adam step."""
-        self.learn_many([x], [y])
+        """Buffer one labelled example; a full buffer triggers exactly one Adam step.
+
+        The example is kept as given and encoded with the rest of its batch
+        (one vectorised encode per step instead of one per example).
+        """
+        self._raw_x.append(x)
+        self._raw_y.append(y)
+        self.n_learned += 1
+        if len(self._raw_y) + len(self._pending_y) >= self.params.batch_size:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Encode the examples buffered by learn_one (stepping when a batch fills)."""
+        if self._raw_y:
+            xs, ys = self._raw_x, self._raw_y
+            self._raw_x, self._raw_y = [], []
+            self._add(xs, ys)
 
     def learn_many(self, xs: Sequence[Features], ys: Sequence[bool | int]) -> None:
         """Same as ``learn_one`` on each pair, in order."""
         if len(xs) != len(ys):
             raise ValueError(f"learn_many: {len(xs)} examples but {len(ys)} labels")
+        self._drain()
+        self.n_learned += len(xs)
+        self._add(xs, ys)
+
+    def _add(self, xs: Sequence[Features], ys: Sequence[bool | int]) -> None:
         if len(xs) == 0:
             return
         num, cat = self._encode(xs)
@@ -403,7 +427,6 @@ class DeepModel:
             self._pending_num.extend(num[i:i + take])
             self._pending_cat.extend(cat[i:i + take])
             self._pending_y.extend(labels[i:i + take])
-            self.n_learned += take
             i += take
             if len(self._pending_y) >= bs:
                 self._step()
@@ -466,6 +489,7 @@ class DeepModel:
     # ------------------------------------------------------------------ checkpoints
 
     def state(self) -> dict[str, Any]:
+        self._drain()
         """A checkpoint: CPU tensors and plain containers only (``torch.load(weights_only=True)``)."""
         n_num, n_cat = len(self.numeric), len(self.categorical)
         return {
