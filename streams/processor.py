@@ -203,7 +203,8 @@ class PartitionProcessor:
         out: list[Output] = []
         decode = self.codec.decode
         decoded = [decode(rec.value, rec.key) for rec in records]
-        new = self._new_events(decoded) if self.windows is not None or self.batch_models else []
+        new = self._new_events(decoded)
+        fresh = set(new)
         features = self._window_features(decoded, new) if self.windows is not None else {}
         batch_scores = self._batch_scores(decoded, new, features, stats) if self.batch_models else {}
         for i, rec in enumerate(records):
@@ -213,7 +214,7 @@ class PartitionProcessor:
                 stats.events += 1
                 if self._timeout is not None:
                     self._expire("event", d.ts, stats)
-                self._event(d, rec, out, stats, features.get(i), batch_scores.get(i))
+                self._event(d, rec, out, stats, features.get(i), batch_scores.get(i), i in fresh)
             elif kind == "label":
                 stats.labels += 1
                 if self._timeout is not None:
@@ -277,9 +278,11 @@ class PartitionProcessor:
         return out
 
     def _event(self, d: Decoded, rec: Any, out: list[Output], stats: BatchStats,
-               feats: dict[str, float] | None = None, pre_scores: dict[str, float] | None = None) -> None:
+               feats: dict[str, float] | None = None, pre_scores: dict[str, float] | None = None,
+               fresh: bool = False) -> None:
         eid = d.event_id
-        stored_pred = self.store.get("p:" + eid)
+        # fresh: _new_events already found no stored prediction (saves a second lookup)
+        stored_pred = None if fresh else self.store.get("p:" + eid)
         if stored_pred is not None:
             stats.duplicates += 1
             out.append(Output("predictions", rec.key, stored_pred))
