@@ -58,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", type=Path, default=MARKDOWN, help="Markdown log to append a row set to.")
     p.add_argument("--no-record", action="store_true", help="Write neither the JSON results nor the markdown.")
     p.add_argument("--keep", action="store_true", help="Keep the work dir (logs, state) even on success.")
+    p.add_argument("--no-extras", action="store_true",
+                   help="Skip the in-process benchmarks: native vs reference kernels, torch inference.")
 
 
 def options_from_args(args: argparse.Namespace, command: str):  # type: ignore[no-untyped-def]
@@ -83,6 +85,7 @@ def options_from_args(args: argparse.Namespace, command: str):  # type: ignore[n
         results=None if args.no_record else args.results,
         markdown=None if args.no_record else args.markdown,
         keep=args.keep,
+        extras=not args.no_extras,
         quick=quick,
         command=command,
     )

@@ -75,6 +75,7 @@ class Options:
     latency_seconds: float = 10.0
     latency_warmup_s: float = 1.0
     stall_s: float = 60.0
+    extras: bool = True            # the in-process kernel and torch inference benchmarks too
     results: Path | None = RESULTS
     markdown: Path | None = MARKDOWN
     keep: bool = False
@@ -315,8 +316,23 @@ def run_all(opts: Options, echo: Callable[[str], None] = print) -> tuple[dict[st
                 w = w.prefix(opts.naive_events)
             echo(f"[{name}] {target.description}; {w.n_events:,} events")
             runs[name] = run_target(ctx, target, w)
+    extras: dict[str, Any] = {}
+    if opts.extras:
+        from benchmarks import kernels, torch_infer
+
+        echo("[kernels] native vs reference window kernels, in process")
+        extras["kernels"] = kernels.run(n=200_000 if opts.quick else 1_000_000)
+        echo(f"  native {_num(extras['kernels'].get('native_events_per_s'))} events/s, reference "
+             f"{_num(extras['kernels']['reference_events_per_s'])} events/s, "
+             f"ratio {extras['kernels'].get('ratio')}x")
+        echo("[torch] Wide & Deep batched inference rows/s (1 torch thread)")
+        extras["torch"] = torch_infer.run(seconds=0.2 if opts.quick else 0.5, threads=1)
+        for dev in ("cpu", "cuda"):
+            if dev in extras["torch"]:
+                echo(f"  {dev}: " + ", ".join(f"batch {b}: {_num(v)} rows/s" for b, v in extras["torch"][dev].items()))
     report = {
         "runs": runs,
+        **extras,
         "ratios": ratios(runs),
         "machine": machine_info(),
         "date": started.isoformat(timespec="seconds"),
@@ -494,6 +510,16 @@ def append_markdown(path: Path, report: dict[str, Any]) -> None:
         lines.append(f"- Windows keyed by a field other than the partitioning key (user) are partition-local "
                      f"in {', '.join(runs_local)} ({', '.join(wins)}): they matched the per-partition "
                      f"reference, not the global one.")
+    if k := report.get("kernels"):
+        lines.append(f"- Window kernels in process ({k['events']:,} events x {k['keys']} keys, batches of "
+                     f"{k['batch']:,}, {k['aggregations']} aggregations): native "
+                     f"{_num(k.get('native_events_per_s'))} events/s, reference "
+                     f"{_num(k['reference_events_per_s'])} events/s, ratio {k.get('ratio')}x.")
+    if t := report.get("torch"):
+        for dev in ("cpu", "cuda"):
+            if dev in t:
+                lines.append(f"- Torch Wide & Deep inference on {dev} (rows/s, 1 thread): "
+                             + ", ".join(f"batch {b}: {_num(v)}" for b, v in t[dev].items()) + ".")
     for name, r in report["runs"].items():
         if r.get("error"):
             lines.append(f"- `{name}` failed: {r['error'].splitlines()[0]}")

@@ -19,8 +19,12 @@ def test_bench_smoke_runs_are_correct(tmp_path: Path):
          "--no-latency", "--results", str(results), "--markdown", str(tmp_path / "B.md")],
         capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    runs = json.loads(results.read_text())["runs"]
+    report = json.loads(results.read_text())
+    runs = report["runs"]
     assert set(runs) == {"raw", "windowed", "full"}
+    k = report["kernels"]                    # native and reference kernels agreed (else the run fails)
+    assert k["reference_events_per_s"] > 0 and k["native_events_per_s"] > 0
+    assert set(report["torch"]["cpu"]) == {"1", "64", "1024"}
     for name, run in runs.items():
         assert run["correct"] is True, name
         assert run["events_per_s"] > 0, name
