@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.features import WindowSpec, Windows
+from streams.features import Windows, WindowSpec
 
 
 def brute_force(events, size):
@@ -59,7 +60,7 @@ def test_definition_change_changes_state_prefix():
     assert a.names == ("x_count_1m_by_k", "x_mean_1m_by_k")
 
 
-@pytest.mark.parametrize("bad", [dict(size_ms=0), dict(aggs=("median",)), dict(kind="session")])
+@pytest.mark.parametrize("bad", [{"size_ms": 0}, {"aggs": ("median",)}, {"kind": "session"}])
 def test_bad_window_specs_are_rejected(bad):
     with pytest.raises(ValueError):
         WindowSpec(**{"key": "k", "field": "x", "size_ms": 10, **bad})

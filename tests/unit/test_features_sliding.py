@@ -1,0 +1,277 @@
+"""Sliding windows (streams.features) against a brute-force reference, under both ext/ backends.
+
+The reference recomputes every event's window from the raw events with the
+rules of the streams.features docstring: applied items of the entity with ts
+in (end - size, end], end = the event's ts (its own value included when
+applied), or the entity's newest ts for a late event; ``last`` = the value of
+the item just before the event in (ts, arrival) order, omitted if none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ext import _reference as ref
+from streams.features import Windows, WindowSpec
+from tests.unit.ext_backends import assert_bits_equal, require_native
+
+AGGS = ("count", "sum", "mean", "min", "max", "var", "std", "last")
+SETTINGS = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def brute_force(events, size, grace):
+    """[(features dict, late?)] for events [(key, ts, value or None)] processed in list order."""
+    applied: list[tuple[str, int, int, float]] = []   # (key, ts, arrival, value)
+    newest: dict[str, int] = {}
+    out = []
+    for i, (k, t, v) in enumerate(events):
+        late = k in newest and t < newest[k] - grace
+        end = newest[k] if late else t
+        items = sorted((tj, j, vj) for (kj, tj, j, vj) in applied if kj == k and end - size < tj <= end)
+        prev = items[-1][2] if items else None
+        if not late and v is not None:
+            items.append((t, i, v))
+            applied.append((k, t, i, v))
+            newest[k] = max(newest.get(k, t), t)
+        xs = [x for _, _, x in items]
+        n = len(xs)
+        if n:
+            mean = math.fsum(xs) / n
+            var = math.fsum((x - mean) ** 2 for x in xs) / n
+            f = {"count": float(n), "sum": math.fsum(xs), "mean": mean, "min": min(xs), "max": max(xs),
+                 "var": var, "std": math.sqrt(var)}
+        else:
+            f = dict.fromkeys(("count", "sum", "mean", "min", "max", "var", "std"), 0.0)
+        if prev is not None:
+            f["last"] = prev
+        out.append((f, late, max((abs(x) for x in xs), default=0.0)))
+    return out
+
+
+def check(got, expected, spec):
+    """Features equal the reference: count/min/max/last exact, floats 1e-9 relative."""
+    names = dict(zip(spec.aggs, spec.names))
+    for i, (g, (e, _, scale)) in enumerate(zip(got, expected)):
+        assert set(g) == {names[a] for a in spec.aggs if a in e}, (i, g, e)
+        for a in spec.aggs:
+            if a not in e:
+                continue
+            x, y = g[names[a]], e[a]
+            if a in ("count", "min", "max", "last"):
+                assert x == y, (i, a, x, y)
+            elif a == "var":
+                assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12 * scale * scale), (i, a, x, y)
+            elif a == "std":     # compared squared: sqrt magnifies the rounding of a ~0 variance
+                assert math.isclose(x * x, y * y, rel_tol=1e-9, abs_tol=1e-12 * scale * scale), (i, a, x, y)
+            else:
+                assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12 * scale), (i, a, x, y)
+
+
+def run(spec, events, kernels, batches=None, reload_at=frozenset(), store=None):
+    """Feed events through Windows in batches; at batch indexes in reload_at flush and start a new object."""
+    store = {} if store is None else store
+    w = Windows([spec], kernels=kernels)
+    got, i, late = [], 0, 0
+    batches = batches or [len(events)]
+    for b, size in enumerate(batches):
+        chunk = events[i:i + size]
+        i += size
+        docs = [{"k": k, "x": v} if v is not None else {"k": k} for k, _, v in chunk]
+        got += w.update_batch(docs, [t for _, t, _ in chunk], store.get)
+        if b in reload_at:
+            w.flush(store.__setitem__)
+            late += w.late
+            w = Windows([spec], kernels=kernels)
+    assert i >= len(events)
+    return got, late + w.late, w, store
+
+
+values_ = st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+                    st.integers(-50, 50).map(float))
+streams_ = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 3000), values_),
+                    min_size=1, max_size=80)
+
+
+@SETTINGS
+@given(raw=streams_, size=st.sampled_from([1, 7, 100, 1000, 10**6]),
+       grace=st.sampled_from([0, 3, 100, 2000, 10**7]), in_order=st.booleans(), data=st.data())
+def test_sliding_equals_brute_force(backend, raw, size, grace, in_order, data):
+    events = sorted(raw, key=lambda e: e[1]) if in_order else raw
+    spec = WindowSpec(key="k", field="x", size_ms=size, kind="sliding", grace_ms=grace, aggs=AGGS)
+    cuts = data.draw(st.lists(st.integers(1, 20), min_size=1, max_size=40))
+    reload_at = frozenset(data.draw(st.lists(st.integers(0, 40), max_size=10)))
+    got, late, _, _ = run(spec, events, backend, batches=cuts + [len(events)], reload_at=reload_at)
+    expected = brute_force(events, size, grace)
+    check(got, expected, spec)
+    assert late == sum(e[1] for e in expected)
+    if in_order:
+        assert late == 0
+
+
+def random_stream(seed, n, keys=5, disorder=0, p_missing=0.05):
+    rnd = random.Random(seed)
+    t, out = 0, []
+    for _ in range(n):
+        t += rnd.choice([0, 1, 5, 30, 200])
+        ts = t - (rnd.randint(0, disorder) if disorder and rnd.random() < 0.2 else 0)
+        v = None if rnd.random() < p_missing else round(rnd.uniform(-100, 100), 3)
+        out.append((f"e{rnd.randrange(keys)}", ts, v))
+    return out
+
+
+@pytest.mark.parametrize("grace", [0, 40, 500])
+def test_sliding_long_random_stream(backend, grace):
+    events = random_stream(1, 3000, disorder=600)
+    spec = WindowSpec(key="k", field="x", size_ms=400, kind="sliding", grace_ms=grace, aggs=AGGS)
+    rnd = random.Random(2)
+    batches = [rnd.randint(1, 300) for _ in range(100)]
+    got, late, _, _ = run(spec, events, backend, batches=batches, reload_at=frozenset(range(0, 100, 3)))
+    expected = brute_force(events, 400, grace)
+    check(got, expected, spec)
+    assert late == sum(e[1] for e in expected) > 0
+
+
+def test_out_of_order_semantics(backend):
+    spec = WindowSpec(key="k", field="x", size_ms=100, kind="sliding", grace_ms=50,
+                      aggs=("count", "sum", "last"))
+    w, store = Windows([spec], kernels=backend), {}
+
+    def f(t, v):
+        got = w.update({"k": "a", "x": v}, t, store.get)
+        return tuple(got.get(n) for n in spec.names)
+
+    assert f(1000, 1.0) == (1.0, 1.0, None)
+    assert f(1060, 2.0) == (2.0, 3.0, 1.0)
+    # 40 ms behind the newest (1060): within grace -> applied; its window is (920, 1020]
+    assert f(1020, 4.0) == (2.0, 5.0, 1.0)
+    assert w.late == 0
+    # later events see it: (1010, 1110] holds 1020 and 1060
+    assert f(1110, 8.0) == (3.0, 14.0, 2.0)
+    # 1050 < 1110 - 50: late -> counted, not applied, gets the current window (1010, 1110]
+    assert f(1050, 100.0) == (3.0, 14.0, 8.0)
+    assert w.late == 1
+    assert f(1111, 0.0) == (4.0, 14.0, 8.0)
+    # a value-less event: not applied, the window ending at its ts: (1110, 1210]
+    assert w.update({"k": "a"}, 1210, store.get) == {"x_count_100ms_by_k": 1.0, "x_sum_100ms_by_k": 0.0,
+                                                     "x_last_100ms_by_k": 0.0}
+    assert w.update({"k": "zz"}, 5, store.get) == {"x_count_100ms_by_k": 0.0, "x_sum_100ms_by_k": 0.0}
+    assert w.flush(store.__setitem__) == 1                       # "zz" has no state to write
+
+
+def test_flush_reload_continues_bit_for_bit(backend):
+    events = random_stream(3, 4000, keys=20, disorder=300)
+    spec = WindowSpec(key="k", field="x", size_ms=2000, kind="sliding", grace_ms=100, aggs=AGGS)
+    whole, late_whole, _, _ = run(spec, events, backend, batches=[97] * 50)
+    store: dict[str, bytes] = {}
+    parts, late_parts, _, _ = run(spec, events, backend, batches=[97] * 50,
+                                  reload_at=frozenset(range(0, 50, 2)), store=store)
+    assert late_parts == late_whole > 0
+    names = spec.names
+    for a, b in zip(whole, parts):
+        assert set(a) == set(b)
+        assert_bits_equal([a[n] for n in names if n in a], [b[n] for n in names if n in b])
+    # the stored state is the items of (newest - size - grace, newest], oldest first
+    for raw in store.values():
+        ts, vals = orjson.loads(raw)
+        assert ts == sorted(ts) and len(ts) == len(vals)
+        assert ts[-1] - ts[0] < 2000 + 100
+
+
+def test_native_and_reference_backends_agree_bit_for_bit():
+    nat = require_native()
+    events = random_stream(4, 5000, keys=30, disorder=200)
+    spec = WindowSpec(key="k", field="x", size_ms=1500, kind="sliding", grace_ms=60, aggs=AGGS)
+    a, la, _, sa = run(spec, events, nat, batches=[250] * 20, reload_at=frozenset({3, 7}))
+    b, lb, _, sb = run(spec, events, ref, batches=[250] * 20, reload_at=frozenset({3, 7}))
+    assert la == lb and sa == sb
+    for x, y in zip(a, b):
+        assert list(x) == list(y)
+        assert_bits_equal(list(x.values()), list(y.values()))
+
+
+@pytest.mark.parametrize("grace", [0, 1000])
+def test_state_stays_bounded(backend, grace):
+    """Bounded key set, advancing time: stored entries and bytes stop growing."""
+    spec = WindowSpec(key="k", field="x", size_ms=5_000, kind="sliding", grace_ms=grace, aggs=("count", "mean"))
+    store: dict[str, bytes] = {}
+    w = Windows([spec], kernels=backend)
+    rnd = random.Random(5)
+    sizes = []
+    t = 0
+    for batch in range(200):
+        docs, ts = [], []
+        for _ in range(100):
+            t += rnd.randint(5, 15)                              # 10 ms apart on average, 7 keys
+            docs.append({"k": rnd.randrange(7), "x": rnd.random()})
+            ts.append(t)
+        w.update_batch(docs, ts, store.get)
+        w.flush(store.__setitem__)
+        if batch % 20 == 19:
+            w = Windows([spec], kernels=backend)                 # reload from the store too
+        sizes.append((len(store), sum(len(v) for v in store.values()),
+                      max(len(orjson.loads(v)[0]) for v in store.values())))
+    assert {s[0] for s in sizes[10:]} == {7}
+    # items per key: at most the events of one size + grace span (gaps >= 5 ms)
+    assert max(s[2] for s in sizes) <= (5_000 + grace) // 5 + 1
+    first, last = max(s[1] for s in sizes[20:100]), max(s[1] for s in sizes[100:])
+    assert last <= first * 1.1, (first, last)
+
+
+def test_spec_rules_and_prefixes():
+    base = {"key": "k", "field": "x", "size_ms": 60_000}
+    tumbling = WindowSpec(**base)
+    # tumbling prefixes are those of earlier releases (stored state stays readable)
+    assert tumbling.prefix == "w" + hashlib.sha1(b"tumbling|k|x|60000").hexdigest()[:10] + ":"
+    sliding = WindowSpec(**base, kind="sliding")
+    prefixes = {tumbling.prefix, sliding.prefix, WindowSpec(**base, kind="sliding", grace_ms=1).prefix,
+                WindowSpec(key="k", field="x", size_ms=30_000, kind="sliding").prefix,
+                WindowSpec(key="k", field="y", size_ms=60_000, kind="sliding").prefix,
+                WindowSpec(key="j", field="x", size_ms=60_000, kind="sliding").prefix}
+    assert len(prefixes) == 6
+    assert sliding.prefix == WindowSpec(**base, kind="sliding", aggs=("var",)).prefix   # aggs: not state
+    assert WindowSpec(**base, kind="sliding", aggs=("std", "last")).names == ("x_std_1m_by_k", "x_last_1m_by_k")
+    parsed = WindowSpec.parse({"key": "k", "field": "x", "size_ms": 60_000, "kind": "sliding",
+                               "grace_ms": 5, "aggs": ["var"]})
+    assert parsed == WindowSpec(**base, kind="sliding", grace_ms=5, aggs=("var",))
+    with pytest.raises(ValueError, match="collide"):
+        Windows([tumbling, sliding])
+
+
+@pytest.mark.parametrize("bad", [{"aggs": ("var",)}, {"aggs": ("last",)}, {"grace_ms": 5},
+                                 {"kind": "sliding", "grace_ms": -1}, {"kind": "sliding", "aggs": ()},
+                                 {"kind": "sliding", "size_ms": 1.5}, {"kind": "hopping"}])
+def test_bad_sliding_specs_are_rejected(bad):
+    with pytest.raises(ValueError):
+        WindowSpec(**{"key": "k", "field": "x", "size_ms": 10, **bad})
+
+
+@pytest.mark.parametrize("doc", [{"grace": 5}, {"size_ms": "1h"}, {"aggs": "count"}, {"grace_ms": 1.5}])
+def test_bad_window_docs_are_rejected(doc):
+    with pytest.raises((ValueError, TypeError)):
+        WindowSpec.parse({"key": "k", "field": "x", "size_ms": 10, "kind": "sliding", **doc})
+
+
+def test_tumbling_outputs_unchanged_by_kernels_argument(backend):
+    """Tumbling through the new code path: the same features and stored bytes as ext.TumblingTable alone."""
+    spec = WindowSpec(key="k", field="x", size_ms=100, aggs=("count", "sum", "mean", "min", "max"))
+    events = random_stream(6, 2000, disorder=150)
+    got, late, w, store = run(spec, events, backend, batches=[100] * 20, reload_at=frozenset({4, 9}))
+    w.flush(store.__setitem__)
+    table = backend.TumblingTable(100)
+    keys = [spec.prefix + k for k, _, _ in events]
+    rows = table.update_many(keys, np.array([t for _, t, _ in events], dtype=np.int64),
+                             np.array([0.0 if v is None else v for _, _, v in events]),
+                             np.array([v is not None for _, _, v in events]))
+    assert [list(g.values()) for g in got] == rows.tolist()
+    assert late == table.late
+    for key, start, count, total, lo, hi in table.take_dirty():
+        assert store[key] == orjson.dumps([start, count, total, lo if count else None, hi if count else None])
