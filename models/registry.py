@@ -9,7 +9,7 @@ micro-batch in one call and are built from :mod:`models.deep`, imported only
 when a pipeline uses one (torch takes seconds to import).
 
 >>> sorted(REGISTRY)
-['arf', 'hoeffding_adaptive_tree', 'logistic_regression']
+['amf_regressor', 'arf', 'biased_mf', 'funk_mf', 'hoeffding_adaptive_tree', 'linear_regression', 'logistic_regression']
 >>> BATCH_KINDS
 ('wide_deep',)
 """
@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from river import base, compose, forest, linear_model, optim, preprocessing, tree
+from river import base, compose, forest, linear_model, optim, preprocessing, reco, tree
 
 from models.base import ModelSpec
 
@@ -45,6 +45,28 @@ class ARFParams:
     seed: int = 42
 
 
+@dataclass(frozen=True)
+class LinearRegressionParams:
+    lr: float = 0.01          # SGD learning rate
+    l2: float = 0.0
+    intercept_lr: float = 0.01
+
+
+@dataclass(frozen=True)
+class AMFRegressorParams:
+    n_estimators: int = 10
+    step: float = 1.0
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class MFParams:
+    n_factors: int = 10       # latent dimensions
+    lr: float = 0.05          # SGD learning rate of the latent factors (and biases)
+    l2: float = 0.01          # regularisation of the factors
+    seed: int = 42
+
+
 def _typed(cls: type, params: Mapping[str, Any]) -> Any:
     known = {f.name: f for f in fields(cls)}
     unknown = set(params) - set(known)
@@ -61,12 +83,30 @@ def _typed(cls: type, params: Mapping[str, Any]) -> Any:
     return cls(**out)
 
 
+class Pick(base.Transformer):
+    """``compose.Select`` that tolerates absent keys: an optional feature may be missing.
+
+    River's ``Select`` raises ``KeyError`` on an absent key; a missing optional
+    feature is simply not in the output (the scaler and the linear model then
+    treat it as 0 after standardisation, as River does for sparse inputs).
+
+    >>> Pick("a", "b").transform_one({"a": 1.0, "c": 2.0})
+    {'a': 1.0}
+    """
+
+    def __init__(self, *keys: str) -> None:
+        self.keys = keys
+
+    def transform_one(self, x: dict) -> dict:
+        return {k: x[k] for k in self.keys if k in x}
+
+
 def _preprocess(numeric: Sequence[str], categorical: Sequence[str]) -> base.Transformer:
     """Standardise numeric features; one-hot categorical ones (scaling them would zero them)."""
     scaled = preprocessing.StandardScaler()
     if not categorical:
         return scaled
-    return (compose.Select(*numeric) | scaled) + (compose.Select(*categorical) | preprocessing.OneHotEncoder())
+    return (Pick(*numeric) | scaled) + (Pick(*categorical) | preprocessing.OneHotEncoder())
 
 
 def _logistic_regression(p: LogisticRegressionParams, numeric: Sequence[str], categorical: Sequence[str]) -> base.Estimator:
@@ -82,18 +122,48 @@ def _arf(p: ARFParams, numeric: Sequence[str], categorical: Sequence[str]) -> ba
     return forest.ARFClassifier(n_models=p.n_models, seed=p.seed)
 
 
+def _linear_regression(p: LinearRegressionParams, numeric: Sequence[str], categorical: Sequence[str]) -> base.Estimator:
+    # the target is standardised too: SGD on raw targets in the hundreds (PM2.5) diverges
+    return _preprocess(numeric, categorical) | preprocessing.TargetStandardScaler(
+        regressor=linear_model.LinearRegression(optimizer=optim.SGD(p.lr), l2=p.l2, intercept_lr=p.intercept_lr))
+
+
+def _amf(p: AMFRegressorParams, numeric: Sequence[str], categorical: Sequence[str]) -> base.Estimator:
+    # AMF splits on numeric features only; standardising changes nothing for a forest
+    return Pick(*numeric) | forest.AMFRegressor(n_estimators=p.n_estimators, step=p.step, seed=p.seed)
+
+
+def _biased_mf(p: MFParams, numeric: Sequence[str], categorical: Sequence[str]) -> base.Estimator:
+    return reco.BiasedMF(n_factors=p.n_factors, bias_optimizer=optim.SGD(p.lr), latent_optimizer=optim.SGD(p.lr),
+                         l2_bias=p.l2, l2_latent=p.l2, seed=p.seed)
+
+
+def _funk_mf(p: MFParams, numeric: Sequence[str], categorical: Sequence[str]) -> base.Estimator:
+    return reco.FunkMF(n_factors=p.n_factors, optimizer=optim.SGD(p.lr), l2=p.l2, seed=p.seed)
+
+
 @dataclass(frozen=True)
 class Entry:
     params: type
     build: Callable[[Any, Sequence[str], Sequence[str]], base.Estimator]
-    task: str
+    task: str                 # "classification" or "regression"
+    reco: bool = False        # scores a (user, item) pair: the pipeline's [fields] user and item
 
 
 REGISTRY: Mapping[str, Entry] = {
     "logistic_regression": Entry(LogisticRegressionParams, _logistic_regression, "classification"),
     "hoeffding_adaptive_tree": Entry(HoeffdingAdaptiveTreeParams, _hat, "classification"),
     "arf": Entry(ARFParams, _arf, "classification"),
+    "linear_regression": Entry(LinearRegressionParams, _linear_regression, "regression"),
+    "amf_regressor": Entry(AMFRegressorParams, _amf, "regression"),
+    "biased_mf": Entry(MFParams, _biased_mf, "regression", reco=True),
+    "funk_mf": Entry(MFParams, _funk_mf, "regression", reco=True),
 }
+
+
+def task_of(kind: str) -> str:
+    """The task a model kind serves (batch kinds are classifiers)."""
+    return "classification" if kind in BATCH_KINDS else REGISTRY[kind].task if kind in REGISTRY else "?"
 
 
 #: Kinds of batch (torch) models: ``predict_proba_many`` once per micro-batch.
@@ -121,7 +191,7 @@ def build_estimator(spec: ModelSpec, numeric: Sequence[str] = (), categorical: S
 
 
 def build_model(spec: ModelSpec, numeric: Sequence[str] = (), categorical: Sequence[str] = (),
-                device: str | None = None) -> Any:
+                device: str | None = None, reco_fields: tuple[str, str] | None = None) -> Any:
     """A fresh model for ``spec``: an :class:`~models.online.OnlineModel` around a River
     estimator, or a :class:`~models.deep.DeepModel` for a batch kind (``device``, when
     given, overrides the spec's ``device`` parameter: the worker's setting wins)."""
@@ -137,4 +207,13 @@ def build_model(spec: ModelSpec, numeric: Sequence[str] = (), categorical: Seque
             params = dataclasses.replace(params, device=device)
         return DeepModel(spec.name, numeric, categorical, params)
 
+    from models.online import OnlineRegressor, RecoModel
+
+    entry = REGISTRY.get(spec.kind)
+    if entry is not None and entry.reco:
+        if reco_fields is None:
+            raise ValueError(f"model kind {spec.kind!r} needs the pipeline's [fields] user and item")
+        return RecoModel(spec.name, build_estimator(spec, numeric, categorical), *reco_fields)
+    if entry is not None and entry.task == "regression":
+        return OnlineRegressor(spec.name, build_estimator(spec, numeric, categorical))
     return OnlineModel(spec.name, build_estimator(spec, numeric, categorical))

@@ -31,6 +31,10 @@ from streams.state import PartitionStore
 log = logging.getLogger(__name__)
 
 
+#: Prequential figures exported as the streamscore_model_prequential gauge (classification, regression).
+GAUGED_METRICS = ("accuracy", "log_loss", "roc_auc", "mae", "rmse")
+
+
 class DeliveryError(RuntimeError):
     """An output record could not be delivered; offsets must not be committed."""
 
@@ -222,8 +226,10 @@ class BatchScorer:
         for p, proc in self.processors.items():
             snap = proc.snapshot()
             for name, figures in snap["models"].items():
-                for metric in ("accuracy", "log_loss", "roc_auc"):
-                    self.metrics.model_metric.labels(model=name, metric=metric, partition=str(p)).set(figures[metric])
+                for metric in GAUGED_METRICS:
+                    if metric in figures:
+                        self.metrics.model_metric.labels(model=name, metric=metric, partition=str(p)).set(
+                            figures[metric])
                 new = figures["drifts"] - self._drifts_seen.get((p, name), 0)
                 if new > 0:
                     self.metrics.drifts.labels(model=name).inc(new)

@@ -27,7 +27,8 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from models import Prequential, merge_prequential
+from models import merge_prequential
+from models.evaluate import prequential_for
 from streams.broker import EmbeddedBroker, create_topics, free_port
 from streams.datasets import convert
 from streams.metrics import histogram_quantile, scrape, total
@@ -205,7 +206,8 @@ def prequential_report(stream: Path, spec: PipelineSpec, predictions: dict[str, 
                        window: int = 1000, limit: int | None = None) -> tuple[dict[str, dict[str, float]], dict[str, list[float]], int]:
     """Per-model prequential metrics in label order, plus rolling accuracy curves."""
     names = model_names(spec)
-    preq = {n: Prequential(spec.threshold) for n in names}
+    preq = {n: prequential_for(spec.task, spec.threshold) for n in names}
+    regression = spec.task == "regression"
     rolling: dict[str, list[float]] = {n: [] for n in names}
     hits: dict[str, list[int]] = {n: [] for n in names}
     unmatched = 0
@@ -214,16 +216,17 @@ def prequential_report(stream: Path, spec: PipelineSpec, predictions: dict[str, 
         if pred is None:
             unmatched += 1
             continue
-        base = hits.setdefault("majority class (always 0)", [])
-        base.append(int(not y))
-        if len(base) >= window:
-            rolling.setdefault("majority class (always 0)", []).append(sum(base[-window:]) / window)
+        if not regression:
+            base = hits.setdefault("majority class (always 0)", [])
+            base.append(int(not y))
+            if len(base) >= window:
+                rolling.setdefault("majority class (always 0)", []).append(sum(base[-window:]) / window)
         for name, score in pred["scores"].items():
             if name not in preq:
                 continue
             preq[name].update(y, score)
             h = hits[name]
-            h.append(int((score > spec.threshold) == bool(y)))
+            h.append(abs(float(y) - score) if regression else int((score > spec.threshold) == bool(y)))
             if len(h) >= window:
                 rolling[name].append(sum(h[-window:]) / window)
     return {k: p.get() for k, p in preq.items()}, rolling, unmatched
@@ -244,12 +247,13 @@ def snapshot_curve(snapshots: list[dict[str, Any]], model: str) -> tuple[list[in
         n = sum(int(f["n"]) for f in figs)
         if n:
             xs.append(n)
-            ys.append(sum(f.get("rolling_accuracy", 0.0) * int(f["n"]) for f in figs) / n)
+            ys.append(sum(f.get("rolling_accuracy", f.get("rolling_mae", 0.0)) * int(f["n"]) for f in figs) / n)
     return xs, ys
 
 
 def plot_rolling(rolling: dict[str, list[float]], path: Path, title: str, window: int,
-                 from_metrics: dict[str, tuple[list[int], list[float]]] | None = None) -> None:
+                 from_metrics: dict[str, tuple[list[int], list[float]]] | None = None,
+                 ylabel: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -262,7 +266,7 @@ def plot_rolling(rolling: dict[str, list[float]], path: Path, title: str, window
     for name, (xs, ys) in (from_metrics or {}).items():
         ax.plot(xs, ys, "o", markersize=4, label=f"{name}: worker metrics topic (per-partition rolling)")
     ax.set_xlabel("labelled events (in label order)")
-    ax.set_ylabel(f"accuracy over the last {window}")
+    ax.set_ylabel(ylabel or f"accuracy over the last {window}")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -375,7 +379,9 @@ def run_demo(pipeline: str = "online_retail", *, report_path: Path = Path("repor
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     curves = {n: snapshot_curve(reader.snapshots, n) for n in model_names(spec)[:1] + model_names(spec)[-1:]}
-    plot_rolling(rolling, plot_path, f"{spec.name}: rolling prequential accuracy (last 1,000 labels)", 1000, curves)
+    what = "MAE" if spec.task == "regression" else "accuracy"
+    plot_rolling(rolling, plot_path, f"{spec.name}: rolling prequential {what} (last 1,000 labels)", 1000, curves,
+                 ylabel=f"{what} over the last 1000")
     echo(format_report(report))
     echo(f"report: {report_path}   plot: {plot_path}")
     return report
@@ -421,7 +427,11 @@ def format_report(r: dict[str, Any]) -> str:
         "prequential (test-then-train, score made before the label was known; worker metrics, all partitions):",
     ]
     for name, m in r["models"].items():
-        lines.append(f"  {name:<8} n={f(m['n'])}  accuracy {f(m['accuracy'], 4)}  log loss {f(m['log_loss'], 4)}"
-                     f" (constant baseline {f(m.get('baseline_log_loss'), 4)})  ROC AUC {f(m['roc_auc'], 4)}")
+        if "mae" in m:
+            lines.append(f"  {name:<8} n={f(m['n'])}  MAE {f(m['mae'], 4)} (constant baseline "
+                         f"{f(m.get('baseline_mae'), 4)})  RMSE {f(m['rmse'], 4)} (baseline {f(m.get('baseline_rmse'), 4)})")
+        else:
+            lines.append(f"  {name:<8} n={f(m['n'])}  accuracy {f(m['accuracy'], 4)}  log loss {f(m['log_loss'], 4)}"
+                         f" (constant baseline {f(m.get('baseline_log_loss'), 4)})  ROC AUC {f(m['roc_auc'], 4)}")
     lines.append(f"total time          {r['total_s']} s")
     return "\n".join(lines)

@@ -45,7 +45,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from models import Prequential, build_model, persistence
+from models import build_model, persistence
+from models.evaluate import prequential_for
 from models.base import ModelSpec
 from models.blend import Blend
 from models.rules import RuleSet
@@ -108,7 +109,10 @@ class PartitionProcessor:
         self.store = store
         self.partition = partition
         self.codec = Codec(spec, max_event_bytes)
-        self.models = [build_model(m, spec.model_numeric, spec.categorical, device=device) for m in spec.models]
+        reco = (spec.user, spec.item) if spec.user and spec.item else None
+        self.models = [build_model(m, spec.model_numeric, spec.categorical, device=device, reco_fields=reco)
+                       for m in spec.models]
+        self.classifies = spec.task == "classification"
         #: torch models: one ``predict_proba_many`` per micro-batch; the rest score event by event
         self.batch_models = [m for m in self.models if hasattr(m, "predict_proba_many")]
         self.river_models = [m for m in self.models if not hasattr(m, "predict_proba_many")]
@@ -118,7 +122,7 @@ class PartitionProcessor:
         self.rules = RuleSet(spec.rules, spec.rule_fields) if spec.rules else None
         self.windows = Windows(spec.windows) if spec.windows else None
         names = [m.name for m in spec.models] + (["blend"] if self.blend is not None else [])
-        self.prequential = {n: Prequential(spec.threshold) for n in names}
+        self.prequential = {n: prequential_for(spec.task, spec.threshold) for n in names}
         self.clock = clock
         self.last_stats = BatchStats()
         self.snapshot_key = snapshot_key
@@ -325,10 +329,10 @@ class PartitionProcessor:
             if m in self.batch_models:
                 scores[m.name] = pre[m.name] if pre is not None else m.predict_proba_many([x])[0]
             else:
-                scores[m.name] = m.predict_proba_one(x)
+                scores[m.name] = m.score_one(x)
         for k, v in scores.items():
             if not math.isfinite(v):       # a diverged model: publish "don't know", never NaN
-                scores[k] = 0.5
+                scores[k] = 0.5 if self.classifies else 0.0
         if self.blend is not None:
             scores["blend"] = self.blend.score(scores)
         return scores
@@ -337,7 +341,7 @@ class PartitionProcessor:
                 feats: dict[str, float] | None, stats: BatchStats) -> dict[str, Any]:
         """The published prediction: the decision's score, after the rules, with its reasons."""
         score = scores[self.decision]
-        cls = int(score > self.spec.threshold)  # ties -> 0, as River's argmax
+        cls = int(score > self.spec.threshold) if self.classifies else None  # ties -> 0, as River's argmax
         if self.blend is not None:
             version = "+".join([m.version for m in self.models if m.name in self.blend.models] + [self.blend.version])
         else:
@@ -347,7 +351,7 @@ class PartitionProcessor:
             "key": d.key,
             "ts": d.ts,
             "score": score,
-            "class": cls,
+            **({"class": cls} if self.classifies else {}),
             "model": self.decision,
             "model_version": version,
             "scores": scores,
@@ -356,7 +360,9 @@ class PartitionProcessor:
             ctx = {**x, "score": score, **{f"score_{k}": v for k, v in scores.items()}}
             final, cls, outcome = self.rules.apply(score, self.spec.threshold, ctx)
             if outcome.hits:
-                doc["score"], doc["class"] = final, cls
+                doc["score"] = final
+                if self.classifies:
+                    doc["class"] = cls
                 doc["rules"] = list(outcome.hits)
                 doc["reasons"] = list(outcome.reasons)
                 stats.rule_hits.update(outcome.hits)  # type: ignore[union-attr]
@@ -459,7 +465,7 @@ class PartitionProcessor:
     def _train(self, x: dict[str, Any], scores: dict[str, float], y: float) -> None:
         for m in self.models:
             m.learn_one(x, y)
-        if self.blend is not None:
+        if self.blend is not None and self.classifies:
             self.blend.learn_one(scores, int(y))
         self._learned_since_snapshot = True
 

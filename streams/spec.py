@@ -25,6 +25,10 @@ from streams.features import WindowSpec
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
 
+#: Pipeline tasks: a probability per event, a value per event, or window features only.
+TASKS = ("classification", "regression", "features")
+
+
 class SpecError(ValueError):
     """A pipeline spec file is missing a section or has a wrong value."""
 
@@ -50,6 +54,8 @@ class PipelineSpec:
     label_timeout_ms: int | None = None   # with label_default: the worker emits that label at the deadline
     label_default: float | None = None    # the label of an event with none ``label_timeout_ms`` after it
     label_provisional: bool = False       # learn label_default at scoring time; a real label corrects it
+    user: str | None = None               # recommendation: the user and item fields of an event
+    item: str | None = None
     rules: tuple[Any, ...] = ()           # models.rules.RuleSpec, in spec order
     blend: Any = None                     # models.blend.BlendSpec, or None: the champion alone
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -112,8 +118,8 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
     f = _require(doc, "fields", source)
     feats = _require(doc, "features", source)
     task = p.get("task", "classification")
-    if task not in ("classification", "features"):
-        raise SpecError(f"{source}: task {task!r} is not supported yet (classification, features)")
+    if task not in TASKS:
+        raise SpecError(f"{source}: task {task!r} is not supported; choose one of {', '.join(TASKS)}")
     models_doc = doc.get("models", []) if task == "features" else _require(doc, "models", source)
     if not isinstance(models_doc, list) or (task != "features" and not models_doc):
         raise SpecError(f"{source}: [[models]] must list at least one model")
@@ -174,6 +180,8 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
         label_timeout_ms=doc.get("labels", {}).get("timeout_ms"),
         label_default=doc.get("labels", {}).get("default"),
         label_provisional=doc.get("labels", {}).get("provisional", False),
+        user=f.get("user"),
+        item=f.get("item"),
         extra={k: v for k, v in doc.items()
                if k not in {"pipeline", "fields", "features", "models", "windows", "decision", "labels", "rules", "blend"}},
     )
@@ -184,17 +192,30 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
     if not isinstance(spec.label_provisional, bool) or (spec.label_provisional and spec.label_default is None):
         raise SpecError(f"{source}: [labels] provisional must be true or false, and needs default and timeout_ms")
     if spec.label_default is not None:
-        if spec.label_default not in (0, 1) or isinstance(spec.label_default, bool):
+        if isinstance(spec.label_default, bool) or not isinstance(spec.label_default, (int, float)):
+            raise SpecError(f"{source}: [labels] default must be a number")
+        if task == "classification" and spec.label_default not in (0, 1):
             raise SpecError(f"{source}: [labels] default must be 0 or 1 for a classification pipeline")
         if not isinstance(spec.label_timeout_ms, int) or spec.label_timeout_ms <= 0:
             raise SpecError(f"{source}: [labels] default needs a positive integer timeout_ms")
-    from models.registry import check_model  # validate model kinds and params now, not mid-stream
+    from models.registry import REGISTRY, check_model, task_of  # validate kinds and params now, not mid-stream
 
     for m in models:
         try:
             check_model(m, spec.model_numeric, spec.categorical)
         except (ValueError, TypeError) as exc:
             raise SpecError(f"{source}: model {m.name!r}: {exc}") from exc
+        if task_of(m.kind) != task:
+            raise SpecError(f"{source}: model {m.name!r} ({m.kind}) is a {task_of(m.kind)} model; "
+                            f"this pipeline's task is {task}")
+        if REGISTRY.get(m.kind) is not None and REGISTRY[m.kind].reco:
+            for role in ("user", "item"):
+                name = getattr(spec, role)
+                if name is None or name not in spec.categorical:
+                    raise SpecError(f"{source}: model {m.name!r} ({m.kind}) needs [fields] {role} naming "
+                                    "a categorical feature")
+    if spec.blend is not None and spec.blend.policy == "stacked" and task != "classification":
+        raise SpecError(f"{source}: [blend] policy 'stacked' blends probabilities; use weighted or max")
     return spec
 
 

@@ -66,8 +66,11 @@ def test_every_bundled_spec_loads(path: Path) -> None:
     assert isinstance(by_name, PipelineSpec)
     assert by_name == by_path
     assert by_name.name == path.stem
-    assert by_name.task == "classification"
-    assert by_name.models and by_name.champion is by_name.models[0]
+    assert by_name.task in ("classification", "regression", "features")
+    if by_name.task == "features":
+        assert not by_name.models and by_name.windows
+    else:
+        assert by_name.models and by_name.champion is by_name.models[0]
     assert by_name.numeric or by_name.categorical
     assert by_name.optional <= set(by_name.numeric) | set(by_name.categorical)
     assert 0.0 < by_name.threshold < 1.0
@@ -198,7 +201,7 @@ def test_optional_feature_not_listed() -> None:
         parse_spec(d, "t.toml")
 
 
-@pytest.mark.parametrize("task", ["regression", "Classification", "multiclass"])
+@pytest.mark.parametrize("task", ["Classification", "multiclass", "bandit"])
 def test_unsupported_task(task: str) -> None:
     d = base()
     d["pipeline"]["task"] = task
