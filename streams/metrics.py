@@ -16,11 +16,16 @@ Three kinds of figures:
   between scrapes and nothing is stale: a revoked partition disappears;
 * **process**: ``process_*`` (CPU, RSS, open fds; Linux ``/proc``),
   ``python_info`` and ``python_gc_*``, and ``streamscore_build_info``
-  (pipeline and version, value 1).
+  (pipeline and version, value 1);
+* **GPU**, read at scrape time by :class:`GPUCollector` only when the worker
+  itself imported torch and CUDA is available: memory allocated and reserved
+  by torch's caching allocator per device. Otherwise nothing at all is exposed
+  (and torch is never imported for it).
 
 Labelled series that alerts and dashboards rely on are created at zero up
-front (every dlq reason, both input topics, every label outcome, the champion
-model once bound), so ``rate()`` sees the first bad record of a worker's life
+front (every dlq reason, both input topics, every label outcome; once bound,
+the champion model, every model's drifts, every torch model's checkpoint swaps
+and every rule's hits), so ``rate()`` sees the first bad record of a worker's life
 and "no predictions" is a zero, not a missing series.
 
 Several workers on one host: each process serves its own ``/metrics`` and
@@ -39,10 +44,9 @@ own network host, so all keep 9464 (see ``docker-compose.yml`` and
 
 from __future__ import annotations
 
+import sys
 from bisect import bisect_left
-from collections.abc import Sequence
-
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -72,6 +76,10 @@ LABEL_OUTCOMES = ("joined", "pending", "duplicate", "timed_out", "late")
 
 LAG_METRIC = "streamscore_consumer_lag_records"
 STATE_KEYS_METRIC = "streamscore_state_estimated_keys"
+GPU_ALLOCATED_METRIC = "streamscore_gpu_memory_allocated_bytes"
+GPU_RESERVED_METRIC = "streamscore_gpu_memory_reserved_bytes"
+#: Exposed only by a worker that uses CUDA (see :class:`GPUCollector`).
+GPU_METRICS = (GPU_ALLOCATED_METRIC, GPU_RESERVED_METRIC)
 
 
 def _version() -> str:
@@ -79,7 +87,7 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("streamscore")
-    except Exception:  # pragma: no cover - running from a bare source tree
+    except Exception:  # noqa: BLE001  # pragma: no cover - running from a bare source tree
         return "unknown"
 
 
@@ -123,12 +131,61 @@ class WorkerCollector(Collector):
                 store = getattr(proc, "store", None)
                 try:
                     n = store.estimate_keys() if store is not None else None
-                except Exception:  # a store closed under our feet: skip it this scrape
+                except Exception:  # noqa: BLE001 - a store closed under our feet: skip it this scrape
                     n = None
                 if n is not None:
                     keys.add_metric([str(partition)], float(n))
         yield lag
         yield keys
+
+
+class GPUCollector(Collector):
+    """Scrape-time GPU memory of this process: torch's caching allocator, per CUDA device.
+
+    Reports only when torch is *already* imported by the worker (``sys.modules``;
+    this collector never imports it: a River-only worker must not pay seconds
+    of torch import, nor get a CUDA context, for a scrape) and
+    ``torch.cuda.is_available()``. Then, for every visible device ``cuda:N``:
+    ``streamscore_gpu_memory_allocated_bytes`` (live tensors) and
+    ``streamscore_gpu_memory_reserved_bytes`` (held by the allocator, the
+    figure ``nvidia-smi`` shows minus the context). Before the process first
+    touches CUDA both read 0 (torch reports nothing without a CUDA context, and
+    none is created here). Without torch or CUDA the collector yields nothing,
+    so no empty families appear on a CPU worker's ``/metrics``. Any error in
+    torch skips the scrape's GPU figures rather than failing the scrape.
+    """
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()    # reserves the names in the registry; collect() may yield none
+
+    @staticmethod
+    def _families() -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(GPU_ALLOCATED_METRIC, "GPU memory occupied by this process's torch tensors "
+                                                    "(torch.cuda.memory_allocated, read at scrape time).",
+                              labels=["device"]),
+            GaugeMetricFamily(GPU_RESERVED_METRIC, "GPU memory held by this process's torch caching allocator "
+                                                   "(torch.cuda.memory_reserved, read at scrape time).",
+                              labels=["device"]),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return
+        try:
+            cuda = torch.cuda
+            if not cuda.is_available():
+                return
+            allocated, reserved = self._families()
+            for i in range(cuda.device_count()):
+                labels = [f"cuda:{i}"]
+                allocated.add_metric(labels, float(cuda.memory_allocated(i)))
+                reserved.add_metric(labels, float(cuda.memory_reserved(i)))
+        except Exception:  # noqa: BLE001 - a broken driver or a partial torch must not break /metrics
+            return
+        yield allocated
+        yield reserved
 
 
 class Metrics:
@@ -174,6 +231,8 @@ class Metrics:
                                registry=r)
         self.worker = WorkerCollector()
         r.register(self.worker)
+        self.gpu = GPUCollector()
+        r.register(self.gpu)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
@@ -191,7 +250,11 @@ class Metrics:
         ``lag``, ``processors[p].store.estimate_keys()``, and optionally
         ``spec.name`` / ``spec.models[0].name`` (build info and the champion's
         predictions series, created at zero; ``features`` for a pipeline
-        without models). Binding again replaces the source.
+        without models). The drift series of every model, the checkpoint swap
+        series of every torch model (``kind`` in ``models.registry.BATCH_KINDS``)
+        and the hit series of every rule (``spec.rules[i].name``) are created
+        at zero too, so ``increase()`` counts a worker's first swap or hit.
+        Binding again replaces the source.
         """
         self.worker.scorer = scorer
         spec = getattr(scorer, "spec", None)
@@ -201,6 +264,14 @@ class Metrics:
             self.predictions.labels(model=str(models[0].name) if models else "features")
             for m in models:
                 self.drifts.labels(model=str(m.name))
+            # lazily: the worker has imported models already, a bare Metrics() need not
+            from models.registry import BATCH_KINDS
+
+            for m in models:
+                if getattr(m, "kind", None) in BATCH_KINDS:
+                    self.checkpoint_swaps.labels(model=str(m.name))
+            for rule in getattr(spec, "rules", None) or ():
+                self.rule_hits.labels(rule=str(rule.name))
 
     def set_build_info(self, pipeline: str, version: str | None = None) -> None:
         self.build_info.info({"pipeline": pipeline, "version": version or _version()})

@@ -1,13 +1,20 @@
 """Acceptance: the shipped dashboards and rules have data in a real Prometheus scraping a real worker.
 
-A worker process consumes a slice of the real elec2 stream (4,000 records,
-labels inline) plus a few malformed events; a real Prometheus (the ``prometheus``
-binary) scrapes its ``/metrics`` every second and evaluates the shipped rules
-every second. Then, through the HTTP API:
+A worker process runs the ``online_retail`` pipeline (River logistic regression
+and a torch Wide & Deep model blended, a Hoeffding tree shadow, two rules, label
+deadlines of 30 days of event time) on the first 30,000 records of the real
+``online_retail_returns`` stream (39 days: purchases, and a label only for
+returns, so most labels are the worker's timeout default) plus a few malformed
+events. After the replay, the checkpoint the worker saved of its own deep model
+is deployed where workers hot-swap from (as a promoted checkpoint would be). A
+real Prometheus (the ``prometheus`` binary) scrapes its ``/metrics`` every
+second and evaluates the shipped rules every second. Then, through the HTTP API:
 
 * every target expr of every panel of ``monitoring/grafana/dashboards/*.json``
   (``$__rate_interval``/``$__interval`` replaced by ``1m``) returns data, with
-  at least one finite sample;
+  at least one finite sample; panels whose description says "GPU only" are
+  exempt (their series exist only on a worker that uses CUDA), their exprs are
+  still checked to be valid PromQL;
 * every recording rule returns data, both its expr and the recorded series;
 * every alert expr: the expression is split at its top-level set operators
   (``and``/``or``/``unless``, modifiers dropped) and every comparison in each
@@ -16,7 +23,10 @@ every second. Then, through the HTTP API:
   data. This exercises every metric, matcher and function of the alert without
   needing a lagging, failing or dead worker;
 * ``DeadLetterRateHigh`` must be firing (``/api/v1/alerts``) for the injected
-  bad records' reasons, its unmodified expr returning data.
+  bad records' reasons, its unmodified expr returning data;
+* the new model figures are real, not just zero-initialised: labels timed
+  out, both rules hit, torch inference observed, the blend evaluated, one
+  checkpoint swap.
 
 The scrape job is the shipped ``streamscore`` job with its target replaced by the
 worker's loopback port. The rules file is the shipped one with each ``for:``
@@ -28,6 +38,7 @@ Skipped only when the prometheus binary is missing and ``CI`` is unset.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import re
@@ -55,8 +66,10 @@ ROOT = Path(__file__).resolve().parents[2]
 MON = ROOT / "monitoring"
 RULES = sorted((MON / "rules").glob("*.yml"))
 DASHBOARDS = sorted((MON / "grafana" / "dashboards").glob("*.json"))
-FEATURES = ("period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer")
-N_RECORDS = 4000
+PIPELINE = "online_retail"
+DATASET = "online_retail_returns"
+N_RECORDS = 30_000      # 39 days of event time: the 30-day label deadlines of the first week pass
+GPU_ONLY = "GPU only"   # in a panel's description: no data required (only a CUDA worker has the series)
 FOR_CAP_S = 2
 DEADLINE_S = 45.0   # from the end of the replay until every query has data
 
@@ -220,6 +233,17 @@ class Prometheus:
             time.sleep(0.25)
         raise TimeoutError(f"no data for {expr!r} within {timeout}s")
 
+    @staticmethod
+    def wait_until(check: Any, timeout: float = 10.0) -> Any:
+        """The first truthy result of ``check()``, polled until ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = check()
+            if result or time.monotonic() > deadline:
+                assert result, f"{check} still false after {timeout}s"
+                return result
+            time.sleep(0.25)
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -230,12 +254,15 @@ class Prometheus:
 
 
 # -- what must have data --------------------------------------------------------------------------
-def dashboard_queries() -> list[tuple[str, str]]:
+def dashboard_queries(gpu_only: bool = False) -> list[tuple[str, str]]:
+    """(name, expr) of every panel target; with ``gpu_only`` those of the "GPU only" panels instead."""
     out = []
     for path in DASHBOARDS:
         dash = json.loads(path.read_text())
         panels = [p for top in dash["panels"] for p in (top, *(top.get("panels") or ()))]
         for p in panels:
+            if (GPU_ONLY in (p.get("description") or "")) != gpu_only:
+                continue
             for t in p.get("targets") or ():
                 expr = re.sub(r"\$__(rate_interval|interval|range)\b|\$\{__(rate_interval|interval|range)\}", "1m",
                               t["expr"])
@@ -271,23 +298,50 @@ def missing_data(prom: Prometheus, queries: list[tuple[str, str]], finite: set[s
     return bad
 
 
-def produce_bad_events(settings: Any) -> dict[str, int]:
-    good = {f: 0.5 for f in FEATURES}
+def purchase(event_id: str, ts: int, **overrides: Any) -> dict[str, Any]:
+    """A valid online_retail event (customer ``99999``)."""
+    return {"event_id": event_id, "ts": ts, "customer_id": "99999", "stock_code": "TEST", "invoice_no": "T1",
+            "country": "United Kingdom", "quantity": 2.0, "unit_price": 1.25, "amount": 2.5, "hour": 10.0,
+            "weekday": 2.0, **overrides}
+
+
+def produce_bad_events(settings: Any, ts: int) -> dict[str, int]:
+    good = purchase("bad", ts)
     bad = [
         (b'{"event_id": "bad-json", "ts": 1,', "malformed_json"),
-        (orjson.dumps({"event_id": "bad-missing", "ts": 1, **{k: v for k, v in good.items() if k != "nswprice"}}),
+        (orjson.dumps({**{k: v for k, v in good.items() if k != "unit_price"}, "event_id": "bad-missing"}),
          "missing_field"),
-        (orjson.dumps({"event_id": "bad-type", "ts": 1, **good, "nswdemand": "high"}), "wrong_type"),
+        (orjson.dumps({**good, "event_id": "bad-type", "quantity": "high"}), "wrong_type"),
         (orjson.dumps({"event_id": "bad-json-2", "ts": 1}) + b"}", "malformed_json"),
     ]
     p = Producer(settings.producer_config())
     for value, _ in bad:
-        p.produce(settings.topic("events"), value, b"nsw")
+        p.produce(settings.topic("events"), value, b"99999")
     assert p.flush(10) == 0
     counts: dict[str, int] = {}
     for _, reason in bad:
         counts[reason] = counts.get(reason, 0) + 1
     return counts
+
+
+def last_ts(stream: Path) -> int:
+    with gzip.open(stream, "rb") as fh:
+        return max(orjson.loads(line)["ts"] for line in fh)
+
+
+def deploy_own_checkpoint(settings: Any, timeout: float = 20.0) -> None:
+    """Promote the worker's own checkpoint of partition 0's deep model: copy it, atomically, to
+    CHECKPOINT_DIR/PIPELINE/deep.pt, where workers watch for a checkpoint to hot-swap."""
+    checkpoint = settings.checkpoints / PIPELINE / "deep" / "p0.pt"   # saved every checkpoint_interval_s
+    deadline = time.monotonic() + timeout
+    while not checkpoint.is_file():
+        assert time.monotonic() < deadline, f"the worker saved no checkpoint at {checkpoint}"
+        time.sleep(0.2)
+    target = settings.checkpoints / PIPELINE / "deep.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(checkpoint.read_bytes())
+    tmp.replace(target)
 
 
 def scalar(prom: Prometheus, expr: str) -> float:
@@ -299,35 +353,41 @@ def scalar(prom: Prometheus, expr: str) -> float:
 def test_dashboards_and_rules_have_data_in_a_real_prometheus(make_settings, tmp_path: Path) -> None:
     binary = prometheus_binary()
     t0 = time.monotonic()
-    s = make_settings(pipeline="elec2", partitions=1)
-    stream = tmp_path / "elec2.jsonl.gz"
-    assert convert("elec2", stream, limit=N_RECORDS) == N_RECORDS
+    s = make_settings(pipeline=PIPELINE, partitions=1, checkpoint_dir=tmp_path / "checkpoints",
+                      checkpoint_interval_s=2.0)
+    stream = tmp_path / f"{DATASET}.jsonl.gz"
+    assert convert(DATASET, stream, limit=N_RECORDS) == N_RECORDS
+    end_ts = last_ts(stream)
     log = tmp_path / "worker.log"
     worker = start_worker(s, log)
     prom: Prometheus | None = None
     try:
+        prom = Prometheus(binary, tmp_path / "prometheus", s.metrics_port)   # starts while the worker does
         wait_ready(s, worker, log)
-        prom = Prometheus(binary, tmp_path / "prometheus", s.metrics_port)
         prom.wait_ready()
         # the zero-initialised dlq series must be scraped before the first bad record, so rate() sees it
         prom.wait_for('up{job="streamscore"} == 1')
         prom.wait_for('streamscore_worker_dlq_total{job="streamscore", reason="malformed_json"}')
 
         assert replay(stream, s) == N_RECORDS
-        expected = produce_bad_events(s)
+        expected = produce_bad_events(s, end_ts)
         n_bad = sum(expected.values())
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while scalar(prom, 'sum(streamscore_worker_events_in_total{job="streamscore"})') < N_RECORDS + n_bad:
             assert worker.poll() is None, f"worker exited; see {log}"
             assert time.monotonic() < deadline, f"worker did not consume the stream; see {log}"
             time.sleep(0.5)
-        # a last batch after metrics_interval_s, so the prequential gauges are published with every label
-        time.sleep(s.metrics_interval_s)
+        # hot-swap a checkpoint: the worker polls for it before each batch (at most once a second) ...
+        deploy_own_checkpoint(s)
+        # ... and a last batch after metrics_interval_s, so the prequential gauges are published with every label
+        time.sleep(max(s.metrics_interval_s, 1.0))
         p = Producer(s.producer_config())
-        p.produce(s.topic("events"), orjson.dumps({"event_id": "last", "ts": 2, **{f: 0.1 for f in FEATURES}}), b"nsw")
+        p.produce(s.topic("events"), orjson.dumps(purchase("last", end_ts + 1)), b"99999")
         assert p.flush(10) == 0
 
         dash = dashboard_queries()
+        for name, expr in dashboard_queries(gpu_only=True):   # no data without CUDA, but valid PromQL
+            prom.query(expr)
         rules, alerts = rule_queries()
         assert dash and rules and alerts
         dlq_alert = next(a for a in alerts if a["alert"] == "DeadLetterRateHigh")
@@ -350,14 +410,26 @@ def test_dashboards_and_rules_have_data_in_a_real_prometheus(make_settings, tmp_
             time.sleep(1.0)
 
         # the alert carries the shipped labels and annotations
-        (alert,) = [a for a in prom.api("alerts")["alerts"]
-                    if a["labels"].get("alertname") == "DeadLetterRateHigh" and a["labels"]["reason"] == "wrong_type"]
+        alert = prom.wait_until(lambda: next(
+            (a for a in prom.api("alerts")["alerts"] if a["labels"].get("alertname") == "DeadLetterRateHigh"
+             and a["labels"].get("reason") == "wrong_type" and a["state"] == "firing"), None))
         assert alert["labels"]["severity"] == dlq_alert["labels"]["severity"]
         assert "wrong_type" in alert["annotations"]["summary"]
-        assert scalar(prom, 'sum(streamscore_worker_dlq_total{job="streamscore"})') == n_bad
-        assert scalar(prom, 'count(streamscore_consumer_lag_records{job="streamscore"})') >= 1
-        assert scalar(prom, 'sum(streamscore_state_estimated_keys{job="streamscore"})') > 0
-        assert scalar(prom, 'max(streamscore_model_prequential{job="streamscore", metric="accuracy"})') > 0.5
+        # conditions, not single reads: one slow scrape of a busy worker makes every series stale for a moment
+        for condition in (
+            f'sum(streamscore_worker_dlq_total{{job="streamscore"}}) == {n_bad}',
+            'count(streamscore_consumer_lag_records{job="streamscore"}) >= 1',
+            'sum(streamscore_state_estimated_keys{job="streamscore"}) > 0',
+            'max(streamscore_model_prequential{job="streamscore", metric="accuracy"}) > 0.5',
+            # the new panels show real figures, not only zero-initialised series: every model and the blend
+            # evaluated, label deadlines passed, both rules hit, torch inference timed, the checkpoint swapped
+            'count(streamscore_model_prequential{job="streamscore", metric="accuracy", model=~"lr|deep|hat|blend"}) == 4',
+            'sum(streamscore_labels_joined_total{job="streamscore", outcome="timed_out"}) > 1000',
+            'count(streamscore_rule_hits_total{job="streamscore", rule=~"bulk_order|large_amount"} > 0) == 2',
+            'sum(streamscore_model_batch_inference_seconds_count{job="streamscore", model="deep"}) > 0',
+            'sum(streamscore_model_checkpoint_swaps_total{job="streamscore", model="deep"}) == 1',
+        ):
+            prom.wait_for(condition, timeout=10.0)
         assert time.monotonic() - t0 < 90, "acceptance test too slow"
     finally:
         if prom is not None:

@@ -4,17 +4,21 @@
   ``promtool test rules`` pass, and every alert has a firing and a not-firing
   unit test (skipped only when promtool is missing and ``CI`` is unset; under
   CI a missing promtool fails: ``.ci/run`` installs it).
-* Grafana: the dashboard has a title, uid and panels; every panel uses the
-  datasource uid ``prometheus`` (the provisioned one) and has targets with a
-  non-empty expr; every metric name in every dashboard and rule expr exists in
-  :class:`streams.metrics.Metrics` (or is Prometheus' own ``up``).
+* Grafana: the dashboard has a title, uid and panels; every panel but a row
+  uses the datasource uid ``prometheus`` (the provisioned one) and has targets
+  with a non-empty expr; panels do not overlap; every metric name in every
+  dashboard and rule expr exists in :class:`streams.metrics.Metrics` (or is
+  Prometheus' own ``up``; the GPU gauges count, though only a CUDA worker
+  exposes them).
 * docker-compose.yml: every service has an image or build, mounted files exist,
   every ``STREAMSCORE_*`` variable is a field of Settings with a valid value,
   worker ports are the Settings defaults, Prometheus scrapes exactly the worker
   services; ``docker compose config -q`` runs when a docker client with compose
   is installed (it needs no engine).
 * streams.metrics: the scrape-time collector (lag, state size) is duck-typed
-  and never reports a revoked partition.
+  and never reports a revoked partition; the GPU collector reports nothing and
+  imports nothing without torch and CUDA; binding creates the swap and rule
+  hit series at zero.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -31,7 +36,15 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.metrics import LAG_METRIC, STATE_KEYS_METRIC, Metrics
+from streams.metrics import (
+    GPU_ALLOCATED_METRIC,
+    GPU_METRICS,
+    GPU_RESERVED_METRIC,
+    LAG_METRIC,
+    STATE_KEYS_METRIC,
+    GPUCollector,
+    Metrics,
+)
 from streams.settings import ENV_PREFIX, Settings
 from tests.system_tools import require_binary
 
@@ -56,7 +69,7 @@ def promtool() -> str:
 
 
 def run_promtool(*args: str) -> str:
-    proc = subprocess.run([promtool(), *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([promtool(), *args], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"promtool {' '.join(args)} failed:\n{out}"
     return out
@@ -91,7 +104,7 @@ def test_metric_names_parser() -> None:
 
 
 def known_names() -> set[str]:
-    return Metrics().names() | PROMETHEUS_SERIES
+    return Metrics().names() | set(GPU_METRICS) | PROMETHEUS_SERIES
 
 
 def load_yaml(path: Path) -> Any:
@@ -153,7 +166,7 @@ def test_promtool_test_rules() -> None:
 def test_required_alerts_and_recordings_exist() -> None:
     alerts = {r["alert"] for r in rules() if "alert" in r}
     assert {"ConsumerLagGrowing", "DeadLetterRateHigh", "ModelAccuracyDropped", "NoPredictions",
-            "WorkerDown"} <= alerts
+            "TorchInferenceSlow", "WorkerDown"} <= alerts
     recorded = " ".join(r["expr"] for r in rules() if "record" in r)
     for name in ("streamscore_worker_events_in_total", "streamscore_worker_predictions_total",
                  "streamscore_worker_dlq_total", "streamscore_worker_processing_latency_seconds_bucket",
@@ -213,6 +226,10 @@ def test_dashboard_is_valid_and_uses_exported_metrics(path: Path) -> None:
     assert len(ids) == len(set(ids)), "duplicate panel ids"
     for p in all_panels(dash):
         where = f"{path.name}: panel {p.get('title')!r}"
+        assert "gridPos" in p, where
+        if p.get("type") == "row":   # a row header: no query of its own
+            assert not p.get("targets"), where
+            continue
         assert isinstance(p.get("datasource"), dict) and p["datasource"].get("uid") == "prometheus", where
         targets = p.get("targets") or []
         assert targets, f"{where}: no targets"
@@ -222,20 +239,44 @@ def test_dashboard_is_valid_and_uses_exported_metrics(path: Path) -> None:
                 assert t["datasource"].get("uid") == "prometheus", where
             unknown = metric_names(t["expr"]) - known
             assert not unknown, f"{where}: metrics not exported by streams.metrics.Metrics: {unknown}"
-        assert "gridPos" in p, where
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_panels_do_not_overlap(path: Path) -> None:
+    dash = json.loads(path.read_text())
+    boxes = []
+    for p in dash["panels"]:   # top level; a collapsed row's panels are laid out when it opens
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["w"] > 0 and g["h"] > 0, p["title"]
+        for title, o in boxes:
+            overlap = (g["x"] < o["x"] + o["w"] and o["x"] < g["x"] + g["w"]
+                       and g["y"] < o["y"] + o["h"] and o["y"] < g["y"] + g["h"])
+            assert not overlap, f"{path.name}: {p['title']!r} overlaps {title!r}"
+        boxes.append((p["title"], g))
+
+
+def test_gpu_only_panels_are_the_gpu_metrics_panels() -> None:
+    """Panels tagged "GPU only" (skipped by the integration test's data check) query only GPU series."""
+    for path in DASHBOARDS:
+        for p in all_panels(json.loads(path.read_text())):
+            names = {n for t in p.get("targets") or () for n in metric_names(t["expr"])}
+            gpu_only = "GPU only" in (p.get("description") or "")
+            assert gpu_only == bool(names & set(GPU_METRICS)), p["title"]
 
 
 def test_dashboard_covers_the_worker() -> None:
     used: set[str] = set()
     for path in DASHBOARDS:
         for p in all_panels(json.loads(path.read_text())):
-            for t in p["targets"]:
+            for t in p.get("targets") or ():
                 used |= metric_names(t["expr"])
     for name in ("streamscore_worker_events_in_total", "streamscore_worker_predictions_total",
                  "streamscore_worker_processing_latency_seconds_bucket",
                  "streamscore_worker_end_to_end_latency_seconds_bucket", LAG_METRIC, "streamscore_worker_dlq_total",
                  "streamscore_model_prequential", STATE_KEYS_METRIC, "streamscore_worker_batch_size_records_bucket",
-                 "process_cpu_seconds_total", "process_resident_memory_bytes"):
+                 "process_cpu_seconds_total", "process_resident_memory_bytes",
+                 "streamscore_model_batch_inference_seconds_bucket", "streamscore_rule_hits_total",
+                 "streamscore_labels_joined_total", "streamscore_model_checkpoint_swaps_total", *GPU_METRICS):
         assert name in used, f"no panel shows {name}"
 
 
@@ -334,7 +375,7 @@ def test_compose_worker_ports_match_settings_defaults() -> None:
             assert container_port(spec) in {DEFAULT_METRICS_PORT, DEFAULT_WEB_PORT}, f"{name}: {spec}"
     host_ports = [str(p).rsplit(":", 1)[0] for s in worker_services().values() for p in s.get("ports") or ()]
     assert len(host_ports) == len(set(host_ports)), "two workers publish the same host port"
-    exposed = re.findall(r"^EXPOSE\s+(.+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    exposed = re.findall(r"^EXPOSE\s+(.+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
     assert {int(p.split("/")[0]) for line in exposed for p in line.split()} == {DEFAULT_METRICS_PORT,
                                                                                DEFAULT_WEB_PORT}
 
@@ -353,9 +394,9 @@ def test_docker_compose_config() -> None:
     docker = shutil.which("docker")
     if docker is None:
         pytest.skip("no docker client installed")
-    if subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30).returncode != 0:
+    if subprocess.run([docker, "compose", "version"], check=False, capture_output=True, timeout=30).returncode != 0:
         pytest.skip("docker client has no compose plugin")
-    proc = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "-q"], cwd=ROOT,
+    proc = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "-q"], check=False, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 
@@ -447,4 +488,95 @@ def test_observe_many_equals_repeated_observe() -> None:
 
 def test_metrics_module_does_not_import_the_worker() -> None:
     src = (ROOT / "streams" / "metrics.py").read_text()
-    assert not re.search(r"^\s*(from|import)\s+streams\.(agents|app)\b", src, re.M)
+    assert not re.search(r"^\s*(from|import)\s+streams\.(agents|app)\b", src, re.MULTILINE)
+
+
+def test_metrics_bind_creates_swap_and_rule_series_at_zero() -> None:
+    spec = types.SimpleNamespace(
+        name="online_retail",
+        models=[types.SimpleNamespace(name="lr", kind="logistic_regression"),
+                types.SimpleNamespace(name="deep", kind="wide_deep")],
+        rules=(types.SimpleNamespace(name="bulk_order"), types.SimpleNamespace(name="large_amount")))
+    m = Metrics()
+    m.bind(types.SimpleNamespace(spec=spec, lag={}, processors={}))
+    assert m.value("streamscore_model_checkpoint_swaps_total", model="deep") == 0.0
+    assert m.value("streamscore_model_checkpoint_swaps_total", model="lr") is None   # not a torch model
+    assert m.value("streamscore_rule_hits_total", rule="bulk_order") == 0.0
+    assert m.value("streamscore_rule_hits_total", rule="large_amount") == 0.0
+    m.bind(_scorer())   # no kind, no rules: nothing else
+    assert m.value("streamscore_worker_predictions_total", model="lr") == 0.0
+
+
+# -- GPU collector ----------------------------------------------------------------------------
+class _FakeCuda:
+    def __init__(self, available: bool, devices: int = 2, fail: bool = False) -> None:
+        self.available, self.devices, self.fail = available, devices, fail
+
+    def is_available(self) -> bool:
+        if self.fail:
+            raise RuntimeError("driver gone")
+        return self.available
+
+    def device_count(self) -> int:
+        return self.devices
+
+    def memory_allocated(self, i: int) -> int:
+        return 1000 * (i + 1)
+
+    def memory_reserved(self, i: int) -> int:
+        return 4096 * (i + 1)
+
+
+def _gpu_samples(m: Metrics) -> dict[tuple[str, str], float]:
+    return {(s.name, s.labels["device"]): s.value for f in m.registry.collect() if f.name in GPU_METRICS
+            for s in f.samples}
+
+
+def test_gpu_collector_reports_nothing_and_imports_nothing_without_torch() -> None:
+    """In a fresh interpreter (this one may have imported torch): no torch import, no GPU families."""
+    code = ("import sys\n"
+            "from prometheus_client import generate_latest\n"
+            "from streams.metrics import Metrics, GPU_METRICS\n"
+            "m = Metrics()\n"
+            "text = generate_latest(m.registry).decode()\n"
+            "assert not any(n in text for n in GPU_METRICS), text\n"
+            "assert not (m.names() & set(GPU_METRICS))\n"
+            "assert 'torch' not in sys.modules, 'streams.metrics imported torch'\n")
+    proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_gpu_collector_with_torch_but_no_cuda_or_a_broken_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cuda in (_FakeCuda(available=False), _FakeCuda(available=True, fail=True)):
+        monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+        m = Metrics()
+        assert _gpu_samples(m) == {}
+        assert not (m.names() & set(GPU_METRICS))
+        assert m.value("process_resident_memory_bytes") is not None   # the rest of the scrape is intact
+
+
+def test_gpu_collector_reads_every_device_at_scrape_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = _FakeCuda(available=True, devices=2)
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    m = Metrics()
+    assert _gpu_samples(m) == {
+        (GPU_ALLOCATED_METRIC, "cuda:0"): 1000.0, (GPU_ALLOCATED_METRIC, "cuda:1"): 2000.0,
+        (GPU_RESERVED_METRIC, "cuda:0"): 4096.0, (GPU_RESERVED_METRIC, "cuda:1"): 8192.0,
+    }
+    cuda.devices = 1
+    assert m.value(GPU_ALLOCATED_METRIC, device="cuda:0") == 1000.0
+    assert m.value(GPU_ALLOCATED_METRIC, device="cuda:1") is None
+    assert isinstance(m.gpu, GPUCollector)
+
+
+def test_gpu_collector_with_the_real_torch() -> None:
+    torch = pytest.importorskip("torch")
+    m = Metrics()
+    samples = _gpu_samples(m)
+    if not torch.cuda.is_available():
+        assert samples == {}
+    else:   # a CUDA machine: one sample per device and figure, reserved >= allocated
+        n = torch.cuda.device_count()
+        assert len(samples) == 2 * n
+        for i in range(n):
+            assert samples[(GPU_RESERVED_METRIC, f"cuda:{i}")] >= samples[(GPU_ALLOCATED_METRIC, f"cuda:{i}")] >= 0
