@@ -16,11 +16,12 @@ when a pipeline uses one (torch takes seconds to import).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from river import base, compose, forest, linear_model, optim, preprocessing, reco, tree
+from river import base, forest, linear_model, optim, preprocessing, reco, tree
 
 from models.base import ModelSpec
 
@@ -101,6 +102,30 @@ class Pick(base.Transformer):
         return {k: x[k] for k in self.keys if k in x}
 
 
+class _ExactDot:
+    """An order-independent dot product for River's linear models.
+
+    Why: River 0.26 keeps the weights in a Rust ``VectorDict`` whose ``dot``
+    sums in hash-map order, and that order is not the same for a model
+    restored from its snapshot: after a crash, an event scored again could
+    differ in the last bit from its first answer (found by the kill suite).
+    ``math.fsum`` is correctly rounded, so the sum no longer depends on any
+    order; weights unseen so far count as 0, as River's zero initialiser.
+    """
+
+    def _raw_dot_one(self, x: dict) -> float:
+        get = self._weights.get  # type: ignore[attr-defined]
+        return math.fsum(get(i, 0.0) * xi for i, xi in x.items()) + self.intercept  # type: ignore[attr-defined]
+
+
+class LogisticRegression(_ExactDot, linear_model.LogisticRegression):
+    """River's logistic regression with :class:`_ExactDot`."""
+
+
+class LinearRegression(_ExactDot, linear_model.LinearRegression):
+    """River's linear regression with :class:`_ExactDot`."""
+
+
 def _preprocess(numeric: Sequence[str], categorical: Sequence[str]) -> base.Transformer:
     """Standardise numeric features; one-hot categorical ones (scaling them would zero them)."""
     scaled = preprocessing.StandardScaler()
@@ -110,7 +135,7 @@ def _preprocess(numeric: Sequence[str], categorical: Sequence[str]) -> base.Tran
 
 
 def _logistic_regression(p: LogisticRegressionParams, numeric: Sequence[str], categorical: Sequence[str]) -> base.Estimator:
-    return _preprocess(numeric, categorical) | linear_model.LogisticRegression(
+    return _preprocess(numeric, categorical) | LogisticRegression(
         optimizer=optim.SGD(p.lr), l2=p.l2, intercept_lr=p.intercept_lr)
 
 
@@ -125,7 +150,7 @@ def _arf(p: ARFParams, numeric: Sequence[str], categorical: Sequence[str]) -> ba
 def _linear_regression(p: LinearRegressionParams, numeric: Sequence[str], categorical: Sequence[str]) -> base.Estimator:
     # the target is standardised too: SGD on raw targets in the hundreds (PM2.5) diverges
     return _preprocess(numeric, categorical) | preprocessing.TargetStandardScaler(
-        regressor=linear_model.LinearRegression(optimizer=optim.SGD(p.lr), l2=p.l2, intercept_lr=p.intercept_lr))
+        regressor=LinearRegression(optimizer=optim.SGD(p.lr), l2=p.l2, intercept_lr=p.intercept_lr))
 
 
 def _amf(p: AMFRegressorParams, numeric: Sequence[str], categorical: Sequence[str]) -> base.Estimator:
