@@ -1,0 +1,344 @@
+"""Shared machinery of the kill suite: run workers, read raw outputs, dump and compare state.
+
+Nothing here sleeps as synchronisation: every wait polls a count (predictions
+read back, records consumed on /metrics) against a generous deadline.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from rocksdict import AccessType, Options, Rdict
+
+from models import persistence
+from streams.broker import create_topics, free_port
+from streams.demo import OutputReader, all_topics, start_worker, stop_worker, wait_ready
+from streams.metrics import scrape, total
+from streams.replay import replay
+from streams.settings import Settings
+from streams.spec import load_spec
+
+SNAPSHOT_KEY = "kill-suite-snapshot-key-0123456789abcdef"   # shared by reference and killed runs
+DEADLINE_S = 180.0
+
+
+def make_run_settings(bootstrap: str, root: Path, tag: str, *, pipeline: str, partitions: int,
+                      **kw: Any) -> Settings:
+    """Settings for one run (own topics, group, state dir, ports), topics created."""
+    name = f"{tag}-{time.time_ns() % 10**9}"
+    s = Settings(broker=bootstrap, app_id=f"t-{name}", topic_prefix=f"{name}-", pipeline=pipeline,
+                 partitions=partitions, state_dir=root / name, web_port=free_port(), metrics_port=free_port(),
+                 session_timeout_s=6.0, commit_interval_s=0.5, metrics_interval_s=1.0,
+                 snapshot_key=SNAPSHOT_KEY, **kw)
+    create_topics(bootstrap, all_topics(s))
+    return s
+
+
+def second_worker(s: Settings) -> Settings:
+    """The same worker configuration (group, state dir, topics) on its own ports."""
+    return s.model_copy(update={"web_port": free_port(), "metrics_port": free_port()})
+
+
+def consumed(s: Settings, topic: str) -> float:
+    """Records of logical ``topic`` this worker process has consumed (0 if /metrics is not up)."""
+    try:
+        return total(scrape(f"http://{s.metrics_host}:{s.metrics_port}/metrics"),
+                     "streamscore_worker_events_in_total", topic=topic)
+    except OSError:
+        return 0.0
+
+
+def tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-4000:] if log.exists() else ""
+
+
+def wait_for(cond: Callable[[], bool], what: str, procs: Iterable[subprocess.Popen[bytes]] = (),
+             log: Path | None = None, timeout: float = DEADLINE_S, poll: Callable[[], Any] | None = None) -> None:
+    """Poll until ``cond()``; fail early if a worker that should be alive exited."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        for p in procs:
+            assert p.poll() is None, f"worker exited ({p.returncode}) while waiting for {what}\n{tail(log) if log else ''}"
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}\n{tail(log) if log else ''}"
+        if poll is not None:
+            poll()
+        else:
+            time.sleep(0.1)
+
+
+@dataclass
+class Run:
+    """What a run left behind: raw published outputs and the stopped worker's state."""
+
+    settings: Settings
+    predictions: list[bytes] = field(default_factory=list)     # every published prediction, raw
+    dlq: list[dict[str, Any]] = field(default_factory=list)
+    kills: int = 0
+    exit_codes: list[int] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def read_raw(s: Settings, topic: str, expect_ids: set[str] | None = None, idle_s: float = 2.0) -> list[bytes]:
+    """Every record of ``topic`` (all partitions) from the beginning, raw bytes.
+
+    Reads until every id of ``expect_ids`` was seen and nothing new arrived for
+    ``idle_s`` (ListOffsets(latest) of the embedded broker is not trusted).
+    """
+    c = Consumer(s.consumer_config(group=f"{s.app_id}-raw-{time.time_ns()}"))
+    try:
+        meta = c.list_topics(s.topic(topic), timeout=10)
+        c.assign([TopicPartition(s.topic(topic), p, OFFSET_BEGINNING) for p in meta.topics[s.topic(topic)].partitions])
+        out: list[bytes] = []
+        seen: set[str] = set()
+        deadline = time.monotonic() + 60
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            msgs = c.consume(5000, 0.2)
+            for m in msgs:
+                if m.error() is None:
+                    out.append(m.value())
+                    if expect_ids is not None:
+                        seen.add(orjson.loads(m.value())["event_id"])
+                    last = time.monotonic()
+            complete = expect_ids is None or expect_ids <= seen
+            if complete and time.monotonic() - last >= idle_s:
+                break
+        return out
+    finally:
+        c.close()
+
+
+def run_stream(s: Settings, log: Path, stream: Path, event_ids: set[str], n_labels_topic: int, *,
+               kill_at: Iterable[float] = (), workers: int = 1, kill_worker: int = 0,
+               restart: bool = True) -> Run:
+    """Replay ``stream`` through ``workers`` worker processes; SIGKILL at fractions of events answered.
+
+    The events topic is replayed first and every event is awaited before the
+    labels topic is replayed (see the test modules for why). At each fraction
+    of ``kill_at`` (of distinct events answered) worker ``kill_worker`` is
+    killed with SIGKILL and, if ``restart``, started again on the same state
+    directory. Finally every worker is stopped cleanly (SIGTERM: flush, close).
+    """
+    t0 = time.monotonic()
+    run = Run(s)
+    confs = [s] + [second_worker(s) for _ in range(workers - 1)]
+    procs = [start_worker(c, log) for c in confs]
+    reader = OutputReader(s)
+    try:
+        for c, p in zip(confs, procs):
+            wait_ready(c, p, log, timeout=90)
+        if workers > 1:          # every worker in the group holds a partition before the replay starts
+            for c, p in zip(confs, procs):
+                wait_for(lambda c=c: _assigned(c) > 0 and sum(_assigned(x) for x in confs) == s.partitions,
+                         "a settled group", procs, log, timeout=90)
+        replay(stream, s, topics=["events"])
+        n = len(event_ids)
+        for frac in sorted(kill_at):
+            wait_for(lambda: len(reader.predictions) >= frac * n, f"{frac:.0%} of the events answered",
+                     procs, log, poll=lambda: reader.poll(0.05))
+            victim = procs[kill_worker]
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            run.kills += 1
+            alive = [p for i, p in enumerate(procs) if i != kill_worker]
+            if restart:
+                procs[kill_worker] = start_worker(confs[kill_worker], log)
+                wait_ready(confs[kill_worker], procs[kill_worker], log, timeout=90)
+            else:
+                procs = alive
+                confs = [c for i, c in enumerate(confs) if i != kill_worker]
+        wait_for(lambda: not event_ids.difference(reader.predictions, (d.get("event_id") for d in reader.dlq)),
+                 "every event answered", procs, log, poll=lambda: reader.poll(0.2))
+        if n_labels_topic:
+            replay(stream, s, topics=["labels"])
+            wait_for(lambda: sum(consumed(c, "labels") for c in confs) >= n_labels_topic,
+                     "every label consumed", procs, log, poll=lambda: time.sleep(0.2))
+        reader.poll(0.5)
+        run.dlq = list(reader.dlq)
+    finally:
+        run.exit_codes = [stop_worker(p) for p in procs]
+        reader.close()
+    run.predictions = read_raw(s, "predictions", expect_ids=event_ids)
+    run.wall_s = time.monotonic() - t0
+    return run
+
+
+def _assigned(s: Settings) -> float:
+    try:
+        return total(scrape(f"http://{s.metrics_host}:{s.metrics_port}/metrics"),
+                     "streamscore_worker_assigned_partitions")
+    except OSError:
+        return 0.0
+
+
+# -- stream helpers -----------------------------------------------------------------
+def stream_ids(path: Path, spec_name: str) -> tuple[set[str], int, list[dict[str, Any]]]:
+    """(event ids, records on the labels topic, a probe set of feature dicts) of a stream file."""
+    spec = load_spec(spec_name)
+    ids: set[str] = set()
+    labels = 0
+    probe: list[dict[str, Any]] = []
+    with path.open("rb") as fh:
+        for line in fh:
+            rec = orjson.loads(line)
+            v = rec["value"]
+            if rec["topic"] == "labels":
+                labels += 1
+            elif any(f in v for f in spec.numeric):
+                ids.add(v[spec.event_id])
+                if len(probe) < 200:
+                    probe.append(v)
+    return ids, labels, probe
+
+
+# -- state ----------------------------------------------------------------------------
+def state_dir(s: Settings, partition: int) -> Path:
+    spec = load_spec(s.pipeline)
+    return s.state_dir / s.app_id / spec.name / f"{s.topic('events')}-{partition}"
+
+
+def dump_store(path: Path) -> dict[bytes, bytes]:
+    """Every key and value of a partition's RocksDB, opened read-only in raw mode."""
+    assert path.exists(), f"no state at {path}"
+    db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+    try:
+        return dict(db.items())
+    finally:
+        db.close()
+
+
+def deep_equal(a: Any, b: Any, where: str = "") -> list[str]:
+    """Differences between two nested structures; tensors compared with ``torch.equal``."""
+    import numpy as np
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        ok = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+            and a.dtype == b.dtype and torch.equal(a, b)
+        return [] if ok else [where]
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return [] if np.array_equal(a, b) else [where]
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return [f"{where}: keys {sorted(map(str, set(a) ^ set(b)))}"]
+        return [d for k in a for d in deep_equal(a[k], b[k], f"{where}.{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{where}: length {len(a)} != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in deep_equal(x, y, f"{where}[{i}]")]
+    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
+
+
+def _deep_state(blob: bytes) -> dict[str, Any]:
+    from models.deep import DeepModel
+
+    return DeepModel.loads(blob, device="cpu").state()
+
+
+def compare_snapshot(key: str, ref: bytes, got: bytes, volatile: set[str], probe: list[dict[str, Any]]) -> list[str]:
+    """Differences between two signed model snapshots (``m:<model>:<hash>``)."""
+    k = SNAPSHOT_KEY.encode()
+    a, b = persistence.loads(ref, k), persistence.loads(got, k)
+    name = key.split(":")[1]
+    diffs: list[str] = []
+    if "deep" in a:
+        diffs += deep_equal(_deep_state(a["deep"]), _deep_state(b["deep"]), f"{key}.deep")
+    elif "estimator" in a:
+        if a["n_learned"] != b["n_learned"]:
+            diffs.append(f"{key}.n_learned {a['n_learned']} != {b['n_learned']}")
+        if pickle.dumps(a["estimator"]) != pickle.dumps(b["estimator"]):
+            pa = [a["estimator"].predict_proba_one(x) for x in probe]
+            pb = [b["estimator"].predict_proba_one(x) for x in probe]
+            if pa != pb:
+                diffs.append(f"{key}.estimator: different predictions on the probe set")
+    elif "blend" in a:
+        if pickle.dumps(a["blend"]) != pickle.dumps(b["blend"]):
+            diffs.append(f"{key}.blend")
+    pa, pb = a["prequential"].state(), b["prequential"].state()
+    if name in volatile:     # figures of scores that depend on micro-batch boundaries: only the count
+        pa, pb = {"n": pa.get("n")}, {"n": pb.get("n")}
+    diffs += deep_equal(pa, pb, f"{key}.prequential")
+    return diffs
+
+
+def strip_volatile(doc: dict[str, Any], volatile: set[str], derived: tuple[str, ...]) -> dict[str, Any]:
+    """A prediction (or feature snapshot) without what depends on micro-batch boundaries."""
+    out = {k: v for k, v in doc.items() if k not in derived}
+    for k in ("scores", "s"):
+        if k in out:
+            out[k] = {m: v for m, v in out[k].items() if m not in volatile}
+    return out
+
+
+def compare_states(ref: dict[bytes, bytes], got: dict[bytes, bytes], volatile: set[str],
+                   probe: list[dict[str, Any]], derived: tuple[str, ...] = ()) -> list[str]:
+    """Differences between two partitions' final state.
+
+    Byte for byte: window state (``w``), label deadlines (``t:``), labelled
+    markers (``y:``), pending labels (``l:``), anything else. Model snapshots
+    (``m:``) by content. Stored predictions (``p:``) and feature snapshots
+    (``e:``) without the scores of ``volatile`` models and the ``derived``
+    fields of a prediction (published score, class, rules: they follow the
+    blend, which follows the torch score).
+    """
+    diffs: list[str] = []
+    if set(ref) != set(got):
+        extra, missing = sorted(set(got) - set(ref))[:5], sorted(set(ref) - set(got))[:5]
+        diffs.append(f"key sets differ: only in the killed run {extra}, only in the reference {missing}")
+    for k in sorted(set(ref) & set(got)):
+        a, b = ref[k], got[k]
+        if a == b:
+            continue
+        ks = k.decode()
+        if ks.startswith("m:"):
+            diffs += compare_snapshot(ks, a, b, volatile, probe)
+        elif ks.startswith(("p:", "e:")) and volatile:
+            da, db = strip_volatile(orjson.loads(a), volatile, derived), strip_volatile(orjson.loads(b), volatile, derived)
+            if da != db:
+                diffs.append(f"{ks}: {da} != {db}")
+        else:
+            diffs.append(f"{ks}: {a[:120]!r} != {b[:120]!r}")
+    return diffs
+
+
+def check_outputs(run: Run, event_ids: set[str], state: dict[int, dict[bytes, bytes]]) -> dict[str, int]:
+    """Every event answered; copies of an answer byte-identical, and equal to the stored prediction."""
+    by_id: dict[str, bytes] = {}
+    differing: dict[str, tuple[bytes, bytes]] = {}
+    for raw in run.predictions:
+        eid = orjson.loads(raw)["event_id"]
+        first = by_id.setdefault(eid, raw)
+        if first != raw:
+            differing.setdefault(eid, (first, raw))
+    dlq_ids = {d.get("event_id") for d in run.dlq}
+    missing = event_ids - set(by_id) - dlq_ids
+    assert not missing, f"{len(missing)} events never answered, e.g. {sorted(missing)[:5]}"
+    assert set(by_id) <= event_ids, f"predictions for unknown events: {sorted(set(by_id) - event_ids)[:5]}"
+    assert not differing, (f"{len(differing)} events answered with different bytes, e.g. "
+                           + "; ".join(f"{e}: {a!r} vs {b!r}" for e, (a, b) in list(differing.items())[:2]))
+    stored = {k[2:].decode(): v for st in state.values() for k, v in st.items() if k.startswith(b"p:")}
+    unequal = [e for e, raw in by_id.items() if stored.get(e) != raw]
+    assert not unequal, f"{len(unequal)} published predictions differ from the stored ones, e.g. {unequal[:3]}"
+    return {"answers": len(run.predictions), "duplicates": len(run.predictions) - len(by_id)}
+
+
+def checkpoints(s: Settings) -> dict[str, Path]:
+    """The torch checkpoint files a run saved (``MODEL/pN.pt`` -> path)."""
+    root = s.checkpoints / load_spec(s.pipeline).name
+    return {str(p.relative_to(root)): p for p in sorted(root.glob("*/p*.pt"))} if root.exists() else {}
+
+
+def compare_checkpoints(ref: Settings, got: Settings) -> list[str]:
+    a, b = checkpoints(ref), checkpoints(got)
+    if set(a) != set(b):
+        return [f"checkpoint files differ: {sorted(a)} vs {sorted(b)}"]
+    return [d for k in a for d in deep_equal(_deep_state(a[k].read_bytes()), _deep_state(b[k].read_bytes()), k)]
