@@ -143,7 +143,7 @@ def run_stream(s: Settings, log: Path, stream: Path, event_ids: set[str], n_labe
         replay(stream, s, topics=["events"])
         n = len(event_ids)
         for frac in sorted(kill_at):
-            wait_for(lambda: len(reader.predictions) >= frac * n, f"{frac:.0%} of the events answered",
+            wait_for(lambda frac=frac: len(reader.predictions) >= frac * n, f"{frac:.0%} of the events answered",
                      procs, log, poll=lambda: reader.poll(0.05))
             victim = procs[kill_worker]
             victim.send_signal(signal.SIGKILL)

@@ -17,7 +17,15 @@ import pytest
 
 from streams.datasets import convert
 from streams.spec import load_spec
-from tests.faults.harness import check_outputs, compare_states, dump_store, make_run_settings, run_stream, state_dir, stream_ids
+from tests.faults.harness import (
+    check_outputs,
+    compare_states,
+    dump_store,
+    make_run_settings,
+    run_stream,
+    state_dir,
+    stream_ids,
+)
 
 pytestmark = pytest.mark.integration
 
