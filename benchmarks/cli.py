@@ -23,7 +23,7 @@ Runs (--only):
   raw            confluent-kafka consumer + orjson + dict, one process
   faust_naive    faust agent per event, RocksDB table, await send() (subset)
   windowed       streamscore worker, benchmarks/pipelines/windowed.toml
-  full           streamscore worker, benchmarks/pipelines/full.toml (9 windows + LR)
+  full           streamscore worker, benchmarks/pipelines/full.toml (9 windows, LR, torch, blend, rules)
   full_2workers  two workers of `full` in one consumer group
 
 Per run: events/s (median of --repeat runs, from the Kafka timestamps of the

@@ -292,7 +292,7 @@ TARGETS: dict[str, Target] = {
         _user_window(60_000), subset=True),
     "windowed": WorkerTarget("windowed", "streamscore worker, 1 window, no model", "events",
                              _user_window(60_000), pipeline="windowed.toml"),
-    "full": WorkerTarget("full", "streamscore worker, 9 windows + River LR, inline labels",
+    "full": WorkerTarget("full", "streamscore worker, 9 windows + River LR + torch + blend + 2 rules, inline labels",
                          "events+labels", FULL_WINDOWS, scored=True, pipeline="full.toml"),
     "full_2workers": WorkerTarget("full_2workers", "2 streamscore workers of `full`, one group",
                                   "events+labels", FULL_WINDOWS, scored=True, pipeline="full.toml", workers=2),
