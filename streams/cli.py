@@ -152,7 +152,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
     report = run_demo(pipeline=args.pipeline, report_path=Path(args.report), plot_path=Path(args.plot),
-                      limit=args.limit, partitions=args.partitions, stream=args.stream)
+                      limit=args.limit, partitions=args.partitions, stream=args.stream, pace_s=args.pace or None)
     return 0 if report["predictions"] + report["dlq"] >= report["events"] else 1
 
 
@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stream", default=None, help="Replay this recorded-stream file instead of converting the pipeline's dataset.")
     sp.add_argument("--limit", type=int, default=None, help="Replay at most this many records.")
     sp.add_argument("--partitions", type=int, default=4, help="Partitions of the events and labels topics.")
+    sp.add_argument("--pace", type=float, default=40.0, metavar="SECONDS",
+                    help="Replay the stream's event time over about this many seconds, so that events and "
+                         "labels reach the worker in their recorded order as they would live (0: as fast "
+                         "as possible; events then run ahead of their labels and delayed-label metrics suffer).")
     sp.set_defaults(func=cmd_demo)
 
     sp = add("broker", "run the embedded Kafka-compatible broker (Tansu)", """\
