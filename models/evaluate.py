@@ -17,6 +17,7 @@ Mann-Whitney AUC with ties inside a bin counted as half.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from river import drift, metrics, utils
 
@@ -123,6 +124,10 @@ def merge(states: list[dict]) -> dict[str, float]:
     >>> m["n"], round(m["accuracy"], 3), m["roc_auc"]
     (3, 0.667, 0.5)
     """
+    if any("matched" in s for s in states):      # bandit policies
+        from models.bandit import merge_bandit
+
+        return merge_bandit(states)
     n = sum(int(s["n"]) for s in states)
     if any("mae" in s for s in states):          # regression: n-weighted MAE, pooled squares
         if not n:
@@ -208,6 +213,10 @@ class RegressionPrequential:
                 "sq_sum": float(self.rmse.get()) ** 2 * self.n, "base_sq": self.baseline_sq}
 
 
-def prequential_for(task: str, threshold: float = 0.5) -> Prequential | RegressionPrequential:
+def prequential_for(task: str, threshold: float = 0.5) -> Any:
     """The prequential metrics of a pipeline task."""
+    if task == "bandit":
+        from models.bandit import BanditPrequential
+
+        return BanditPrequential()
     return RegressionPrequential() if task == "regression" else Prequential(threshold)

@@ -9,7 +9,7 @@ micro-batch in one call and are built from :mod:`models.deep`, imported only
 when a pipeline uses one (torch takes seconds to import).
 
 >>> sorted(REGISTRY)
-['amf_regressor', 'arf', 'biased_mf', 'funk_mf', 'hoeffding_adaptive_tree', 'linear_regression', 'logistic_regression']
+['amf_regressor', 'arf', 'biased_mf', 'epsilon_greedy', 'funk_mf', 'hoeffding_adaptive_tree', 'linear_regression', 'logistic_regression', 'random_policy', 'thompson', 'ucb']
 >>> BATCH_KINDS
 ('wide_deep',)
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from river import base, forest, linear_model, optim, preprocessing, reco, tree
+from river import bandit, base, forest, linear_model, optim, preprocessing, proba, reco, tree
 
 from models.base import ModelSpec
 
@@ -168,10 +168,43 @@ def _funk_mf(p: MFParams, numeric: Sequence[str], categorical: Sequence[str]) ->
 
 
 @dataclass(frozen=True)
+class EpsilonGreedyParams:
+    epsilon: float = 0.1
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class UCBParams:
+    delta: float = 1.0
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class SeedParams:
+    seed: int = 42
+
+
+def _epsilon_greedy(p: EpsilonGreedyParams, numeric: Sequence[str], categorical: Sequence[str]) -> Any:
+    return bandit.EpsilonGreedy(epsilon=p.epsilon, seed=p.seed)
+
+
+def _ucb(p: UCBParams, numeric: Sequence[str], categorical: Sequence[str]) -> Any:
+    return bandit.UCB(delta=p.delta, seed=p.seed)
+
+
+def _thompson(p: SeedParams, numeric: Sequence[str], categorical: Sequence[str]) -> Any:
+    return bandit.ThompsonSampling(reward_obj=proba.Beta(), seed=p.seed)   # rewards in [0, 1]
+
+
+def _random_policy(p: SeedParams, numeric: Sequence[str], categorical: Sequence[str]) -> Any:
+    return bandit.RandomPolicy(seed=p.seed)
+
+
+@dataclass(frozen=True)
 class Entry:
     params: type
     build: Callable[[Any, Sequence[str], Sequence[str]], base.Estimator]
-    task: str                 # "classification" or "regression"
+    task: str                 # "classification", "regression" or "bandit"
     reco: bool = False        # scores a (user, item) pair: the pipeline's [fields] user and item
 
 
@@ -183,6 +216,10 @@ REGISTRY: Mapping[str, Entry] = {
     "amf_regressor": Entry(AMFRegressorParams, _amf, "regression"),
     "biased_mf": Entry(MFParams, _biased_mf, "regression", reco=True),
     "funk_mf": Entry(MFParams, _funk_mf, "regression", reco=True),
+    "epsilon_greedy": Entry(EpsilonGreedyParams, _epsilon_greedy, "bandit"),
+    "ucb": Entry(UCBParams, _ucb, "bandit"),
+    "thompson": Entry(SeedParams, _thompson, "bandit"),
+    "random_policy": Entry(SeedParams, _random_policy, "bandit"),
 }
 
 
@@ -216,7 +253,8 @@ def build_estimator(spec: ModelSpec, numeric: Sequence[str] = (), categorical: S
 
 
 def build_model(spec: ModelSpec, numeric: Sequence[str] = (), categorical: Sequence[str] = (),
-                device: str | None = None, reco_fields: tuple[str, str] | None = None) -> Any:
+                device: str | None = None, reco_fields: tuple[str, str] | None = None,
+                bandit_arms: tuple[str, Sequence[str], float | None] | None = None) -> Any:
     """A fresh model for ``spec``: an :class:`~models.online.OnlineModel` around a River
     estimator, or a :class:`~models.deep.DeepModel` for a batch kind (``device``, when
     given, overrides the spec's ``device`` parameter: the worker's setting wins)."""
@@ -235,6 +273,13 @@ def build_model(spec: ModelSpec, numeric: Sequence[str] = (), categorical: Seque
     from models.online import OnlineRegressor, RecoModel
 
     entry = REGISTRY.get(spec.kind)
+    if entry is not None and entry.task == "bandit":
+        from models.bandit import BanditModel
+
+        if bandit_arms is None:
+            raise ValueError(f"model kind {spec.kind!r} needs the pipeline's [bandit] arm and arms")
+        field, arms, at_least = bandit_arms
+        return BanditModel(spec.name, build_estimator(spec, numeric, categorical), arms, field, at_least)
     if entry is not None and entry.reco:
         if reco_fields is None:
             raise ValueError(f"model kind {spec.kind!r} needs the pipeline's [fields] user and item")

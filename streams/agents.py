@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 #: Prequential figures exported as the streamscore_model_prequential gauge (classification, regression).
-GAUGED_METRICS = ("accuracy", "log_loss", "roc_auc", "mae", "rmse")
+GAUGED_METRICS = ("accuracy", "log_loss", "roc_auc", "mae", "rmse", "mean_reward", "regret")
 
 
 class DeliveryError(RuntimeError):

@@ -208,6 +208,8 @@ def prequential_report(stream: Path, spec: PipelineSpec, predictions: dict[str, 
     names = model_names(spec)
     preq = {n: prequential_for(spec.task, spec.threshold) for n in names}
     regression = spec.task == "regression"
+    if spec.task == "bandit":     # a bandit's figures need the policies' choices: the worker's metrics have them
+        return {}, {}, 0
     rolling: dict[str, list[float]] = {n: [] for n in names}
     hits: dict[str, list[int]] = {n: [] for n in names}
     unmatched = 0
@@ -452,7 +454,10 @@ def format_report(r: dict[str, Any]) -> str:
         "prequential (test-then-train, score made before the label was known; worker metrics, all partitions):",
     ]
     for name, m in r["models"].items():
-        if "mae" in m:
+        if "matched" in m:
+            lines.append(f"  {name:<8} n={f(m['n'])}  matched the logged action {f(m['matched'])}  mean reward "
+                         f"{f(m['mean_reward'], 4)}  regret vs the best action {f(m['regret'], 1)}")
+        elif "mae" in m:
             lines.append(f"  {name:<8} n={f(m['n'])}  MAE {f(m['mae'], 4)} (constant baseline "
                          f"{f(m.get('baseline_mae'), 4)})  RMSE {f(m['rmse'], 4)} (baseline {f(m.get('baseline_rmse'), 4)})")
         else:

@@ -110,8 +110,11 @@ class PartitionProcessor:
         self.partition = partition
         self.codec = Codec(spec, max_event_bytes)
         reco = (spec.user, spec.item) if spec.user and spec.item else None
-        self.models = [build_model(m, spec.model_numeric, spec.categorical, device=device, reco_fields=reco)
+        arms = (spec.bandit_arm, spec.bandit_arms, spec.reward_at_least) if spec.task == "bandit" else None
+        self.models = [build_model(m, spec.model_numeric, spec.categorical, device=device, reco_fields=reco,
+                                   bandit_arms=arms)
                        for m in spec.models]
+        self.bandit = spec.task == "bandit"
         self.classifies = spec.task == "classification"
         #: torch models: one ``predict_proba_many`` per micro-batch; the rest score event by event
         self.batch_models = [m for m in self.models if hasattr(m, "predict_proba_many")]
@@ -163,6 +166,8 @@ class PartitionProcessor:
                     models[models.index(m)] = new
                 if self.champion is m:
                     self.champion = new
+            elif "policy" in snap:
+                m.policy, m.n_learned = snap["policy"], snap["n_learned"]
             else:
                 m.estimator, m.n_learned = snap["estimator"], snap["n_learned"]
             self.prequential[m.name] = snap["prequential"]
@@ -176,6 +181,8 @@ class PartitionProcessor:
         for m in self.models:
             if m in self.batch_models:
                 doc = {"deep": m.dumps(), "prequential": self.prequential[m.name]}
+            elif self.bandit:
+                doc = {"policy": m.policy, "n_learned": m.n_learned, "prequential": self.prequential[m.name]}
             else:
                 doc = {"estimator": m.estimator, "n_learned": m.n_learned, "prequential": self.prequential[m.name]}
             self.store.put(self._snapshot_keys[m.name], persistence.dumps(doc, self.snapshot_key))
@@ -325,6 +332,8 @@ class PartitionProcessor:
     def _scores(self, x: dict[str, Any], pre: dict[str, float] | None) -> dict[str, float]:
         """Every model's score of ``x`` (spec order), then the blend's."""
         scores: dict[str, float] = {}
+        if self.bandit:       # the "score" of a policy is the action it chose
+            return {m.name: m.choose(x) for m in self.models}
         for m in self.models:
             if m in self.batch_models:
                 scores[m.name] = pre[m.name] if pre is not None else m.predict_proba_many([x])[0]
@@ -340,6 +349,10 @@ class PartitionProcessor:
     def _decide(self, eid: str, d: Decoded, x: dict[str, Any], scores: dict[str, float],
                 feats: dict[str, float] | None, stats: BatchStats) -> dict[str, Any]:
         """The published prediction: the decision's score, after the rules, with its reasons."""
+        if self.bandit:
+            return {"event_id": eid, "key": d.key, "ts": d.ts, "action": scores[self.decision],
+                    "model": self.decision, "model_version": self.champion.version, "actions": scores,
+                    **({"features": feats} if feats else {})}
         score = scores[self.decision]
         cls = int(score > self.spec.threshold) if self.classifies else None  # ties -> 0, as River's argmax
         if self.blend is not None:
@@ -451,6 +464,9 @@ class PartitionProcessor:
         self.store.put("e:" + eid, orjson.dumps({**doc, "y": y}))
 
     def _learn(self, eid: str, x: dict[str, Any], scores: dict[str, float], y: float, marker: bytes = b"1") -> None:
+        if self.bandit:
+            self._reward(eid, x, scores, y, marker)
+            return
         for name, preq in self.prequential.items():
             preq.update(y, scores[name])
         if not (self._provisional and y == self.spec.label_default):   # already learned at scoring time
@@ -461,6 +477,16 @@ class PartitionProcessor:
         if self._timeout is not None:
             self.store.delete("t:" + eid)
         self.store.put("y:" + eid, marker)      # b"d": labelled by the timeout
+
+    def _reward(self, eid: str, x: dict[str, Any], actions: dict[str, Any], y: float, marker: bytes) -> None:
+        """A bandit's reward: counted if the policy chose the logged action, and learned then (replay)."""
+        logged = x.get(self.spec.bandit_arm)  # type: ignore[arg-type]
+        for m in self.models:
+            self.prequential[m.name].update(m.reward(y), actions[m.name], logged)
+            m.learn(actions[m.name], x, y)
+        self._learned_since_snapshot = True
+        self.store.delete("e:" + eid)
+        self.store.put("y:" + eid, marker)
 
     def _train(self, x: dict[str, Any], scores: dict[str, float], y: float) -> None:
         for m in self.models:

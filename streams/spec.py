@@ -26,7 +26,7 @@ PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
 
 #: Pipeline tasks: a probability per event, a value per event, or window features only.
-TASKS = ("classification", "regression", "features")
+TASKS = ("classification", "regression", "bandit", "features")
 
 
 class SpecError(ValueError):
@@ -56,6 +56,9 @@ class PipelineSpec:
     label_provisional: bool = False       # learn label_default at scoring time; a real label corrects it
     user: str | None = None               # recommendation: the user and item fields of an event
     item: str | None = None
+    bandit_arm: str | None = None         # bandit: the field holding the logged action of an event
+    bandit_arms: tuple[str, ...] = ()     # bandit: the actions a policy chooses from
+    reward_at_least: float | None = None  # bandit: reward = 1 if label >= this else 0 (None: the label)
     rules: tuple[Any, ...] = ()           # models.rules.RuleSpec, in spec order
     blend: Any = None                     # models.blend.BlendSpec, or None: the champion alone
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -182,8 +185,12 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
         label_provisional=doc.get("labels", {}).get("provisional", False),
         user=f.get("user"),
         item=f.get("item"),
+        bandit_arm=doc.get("bandit", {}).get("arm"),
+        bandit_arms=tuple(doc.get("bandit", {}).get("arms", ())),
+        reward_at_least=doc.get("bandit", {}).get("reward_at_least"),
         extra={k: v for k, v in doc.items()
-               if k not in {"pipeline", "fields", "features", "models", "windows", "decision", "labels", "rules", "blend"}},
+               if k not in {"pipeline", "fields", "features", "models", "windows", "decision", "labels", "rules",
+                            "blend", "bandit"}},
     )
     spec = _with_rules_and_blend(spec, doc, source)
     labels_doc = doc.get("labels", {})
@@ -214,6 +221,18 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
                 if name is None or name not in spec.categorical:
                     raise SpecError(f"{source}: model {m.name!r} ({m.kind}) needs [fields] {role} naming "
                                     "a categorical feature")
+    if task == "bandit":
+        b = doc.get("bandit", {})
+        if unknown := set(b) - {"arm", "arms", "reward_at_least"}:
+            raise SpecError(f"{source}: [bandit]: unknown key(s) {sorted(unknown)}")
+        if spec.bandit_arm not in spec.categorical:
+            raise SpecError(f"{source}: [bandit] arm must name a categorical feature (the logged action)")
+        if not spec.bandit_arms or not all(isinstance(a, str) for a in spec.bandit_arms):
+            raise SpecError(f"{source}: [bandit] arms must be a non-empty list of action names")
+        if spec.rules or spec.blend is not None:
+            raise SpecError(f"{source}: [[rules]] and [blend] apply to scores, not to a bandit's actions")
+        if spec.label_default is not None:
+            raise SpecError(f"{source}: [labels] default is not supported for bandits yet (rewards must arrive)")
     if spec.blend is not None and spec.blend.policy == "stacked" and task != "classification":
         raise SpecError(f"{source}: [blend] policy 'stacked' blends probabilities; use weighted or max")
     return spec

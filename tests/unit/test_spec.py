@@ -66,7 +66,7 @@ def test_every_bundled_spec_loads(path: Path) -> None:
     assert isinstance(by_name, PipelineSpec)
     assert by_name == by_path
     assert by_name.name == path.stem
-    assert by_name.task in ("classification", "regression", "features")
+    assert by_name.task in ("classification", "regression", "bandit", "features")
     if by_name.task == "features":
         assert not by_name.models and by_name.windows
     else:
@@ -201,7 +201,7 @@ def test_optional_feature_not_listed() -> None:
         parse_spec(d, "t.toml")
 
 
-@pytest.mark.parametrize("task", ["Classification", "multiclass", "bandit"])
+@pytest.mark.parametrize("task", ["Classification", "multiclass", "ranking"])
 def test_unsupported_task(task: str) -> None:
     d = base()
     d["pipeline"]["task"] = task
