@@ -132,7 +132,10 @@ def merge(states: list[dict]) -> dict[str, float]:
     if any("mae" in s for s in states):          # regression: n-weighted MAE, pooled squares
         if not n:
             return {"n": 0, "mae": 0.0, "rmse": 0.0, "baseline_mae": 0.0, "baseline_rmse": 0.0}
+        relevant = sum(int(s.get("relevant", 0)) for s in states)
+        hit = {"hit_rate": sum(int(s.get("hits", 0)) for s in states) / relevant} if relevant else {}
         return {
+            **hit,
             "n": n,
             "mae": sum(float(s["mae"]) * int(s["n"]) for s in states) / n,
             "rmse": math.sqrt(sum(float(s.get("sq_sum", 0.0)) for s in states) / n),
@@ -177,6 +180,8 @@ class RegressionPrequential:
         self.drift = drift.ADWIN()
         self.drifts = 0
         self.n = 0
+        self.hits = 0              # recommendation: relevant items ranked in the top k at prediction time
+        self.relevant = 0
         self.y_sum = 0.0
         self.baseline_abs = 0.0
         self.baseline_sq = 0.0
@@ -196,9 +201,16 @@ class RegressionPrequential:
         self.y_sum += y
         self.n += 1
 
+    def update_hit(self, hit: bool) -> None:
+        """One relevant item (label at least the pipeline's ``relevant_at_least``): in the top k or not."""
+        self.relevant += 1
+        self.hits += bool(hit)
+
     def get(self) -> dict[str, float]:
         n = self.n or 1
+        hit = {"hit_rate": self.hits / self.relevant} if getattr(self, "relevant", 0) else {}
         return {
+            **hit,
             "n": self.n,
             "mae": float(self.mae.get()),
             "rmse": float(self.rmse.get()),
@@ -210,7 +222,8 @@ class RegressionPrequential:
     def state(self) -> dict[str, object]:
         """Plain data from which several partitions' figures merge (see :func:`merge`)."""
         return {**self.get(), "rolling_mae": float(self.rolling_mae.get()), "drifts": self.drifts,
-                "sq_sum": float(self.rmse.get()) ** 2 * self.n, "base_sq": self.baseline_sq}
+                "sq_sum": float(self.rmse.get()) ** 2 * self.n, "base_sq": self.baseline_sq,
+                "hits": getattr(self, "hits", 0), "relevant": getattr(self, "relevant", 0)}
 
 
 def prequential_for(task: str, threshold: float = 0.5) -> Any:

@@ -115,6 +115,11 @@ class PartitionProcessor:
                                    bandit_arms=arms)
                        for m in spec.models]
         self.bandit = spec.task == "bandit"
+        #: hit-rate@k: the partition's most recent distinct items (state key "c:items")
+        self._reco = [m for m in self.models if hasattr(m, "item")] if spec.hit_rate_k else []
+        self._items: dict[str, None] = {}
+        if self._reco and (raw := store.get("c:items")) is not None:
+            self._items = dict.fromkeys(orjson.loads(raw))
         self.classifies = spec.task == "classification"
         #: torch models: one ``predict_proba_many`` per micro-batch; the rest score event by event
         self.batch_models = [m for m in self.models if hasattr(m, "predict_proba_many")]
@@ -344,7 +349,26 @@ class PartitionProcessor:
                 scores[k] = 0.5 if self.classifies else 0.0
         if self.blend is not None:
             scores["blend"] = self.blend.score(scores)
+        if self._reco:
+            self._rank(x, scores)
         return scores
+
+    def _rank(self, x: dict[str, Any], scores: dict[str, Any]) -> None:
+        """Rank the event's item among the partition's recent items, per recommender (for hit-rate@k).
+
+        The rank (0 = first) is stored with the scores and counted when the
+        label arrives: a relevant item (label >= relevant_at_least) is a hit
+        if it was in the top k when the event was scored.
+        """
+        item = x.get(self.spec.item)  # type: ignore[arg-type]
+        for m in self._reco:
+            mine = scores[m.name]
+            scores[f"rank:{m.name}"] = sum(
+                1 for c in self._items if c != item and m.score_one({**x, m.item: c}) > mine)
+        self._items.pop(item, None)        # most recent last; bounded
+        self._items[item] = None
+        while len(self._items) > self.spec.hit_candidates:
+            del self._items[next(iter(self._items))]
 
     def _decide(self, eid: str, d: Decoded, x: dict[str, Any], scores: dict[str, float],
                 feats: dict[str, float] | None, stats: BatchStats) -> dict[str, Any]:
@@ -367,7 +391,7 @@ class PartitionProcessor:
             **({"class": cls} if self.classifies else {}),
             "model": self.decision,
             "model_version": version,
-            "scores": scores,
+            "scores": {k: v for k, v in scores.items() if not k.startswith("rank:")} if self._reco else scores,
         }
         if self.rules is not None:
             ctx = {**x, "score": score, **{f"score_{k}": v for k, v in scores.items()}}
@@ -469,6 +493,8 @@ class PartitionProcessor:
             return
         for name, preq in self.prequential.items():
             preq.update(y, scores[name])
+            if f"rank:{name}" in scores and y >= self.spec.relevant_at_least:
+                preq.update_hit(scores[f"rank:{name}"] < self.spec.hit_rate_k)
         if not (self._provisional and y == self.spec.label_default):   # already learned at scoring time
             self._train(x, scores, y)
         self._learned_since_snapshot = True
@@ -528,6 +554,8 @@ class PartitionProcessor:
         """
         if self.windows is not None:
             self.windows.flush(self.store.put)
+        if self._reco:
+            self.store.put("c:items", orjson.dumps(list(self._items)))
         if self._timeout is not None:
             for kind, wm in self._wm.items():
                 if wm is not None:

@@ -59,6 +59,9 @@ class PipelineSpec:
     bandit_arm: str | None = None         # bandit: the field holding the logged action of an event
     bandit_arms: tuple[str, ...] = ()     # bandit: the actions a policy chooses from
     reward_at_least: float | None = None  # bandit: reward = 1 if label >= this else 0 (None: the label)
+    hit_rate_k: int | None = None         # recommenders: report hit-rate@k over ...
+    hit_candidates: int = 200             # ... the most recent distinct items of the partition ...
+    relevant_at_least: float = 4.0        # ... for events whose label reaches this
     rules: tuple[Any, ...] = ()           # models.rules.RuleSpec, in spec order
     blend: Any = None                     # models.blend.BlendSpec, or None: the champion alone
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -185,12 +188,15 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
         label_provisional=doc.get("labels", {}).get("provisional", False),
         user=f.get("user"),
         item=f.get("item"),
+        hit_rate_k=doc.get("evaluation", {}).get("hit_rate_k"),
+        hit_candidates=doc.get("evaluation", {}).get("candidates", 200),
+        relevant_at_least=doc.get("evaluation", {}).get("relevant_at_least", 4.0),
         bandit_arm=doc.get("bandit", {}).get("arm"),
         bandit_arms=tuple(doc.get("bandit", {}).get("arms", ())),
         reward_at_least=doc.get("bandit", {}).get("reward_at_least"),
         extra={k: v for k, v in doc.items()
                if k not in {"pipeline", "fields", "features", "models", "windows", "decision", "labels", "rules",
-                            "blend", "bandit"}},
+                            "blend", "bandit", "evaluation"}},
     )
     spec = _with_rules_and_blend(spec, doc, source)
     labels_doc = doc.get("labels", {})
@@ -221,6 +227,15 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
                 if name is None or name not in spec.categorical:
                     raise SpecError(f"{source}: model {m.name!r} ({m.kind}) needs [fields] {role} naming "
                                     "a categorical feature")
+    ev = doc.get("evaluation", {})
+    if unknown := set(ev) - {"hit_rate_k", "candidates", "relevant_at_least"}:
+        raise SpecError(f"{source}: [evaluation]: unknown key(s) {sorted(unknown)}")
+    if spec.hit_rate_k is not None:
+        if not (isinstance(spec.hit_rate_k, int) and spec.hit_rate_k > 0 and isinstance(spec.hit_candidates, int)
+                and spec.hit_candidates >= spec.hit_rate_k):
+            raise SpecError(f"{source}: [evaluation] hit_rate_k must be a positive integer <= candidates")
+        if not any(REGISTRY.get(m.kind) is not None and REGISTRY[m.kind].reco for m in models):
+            raise SpecError(f"{source}: [evaluation] hit_rate_k needs a recommender model (biased_mf, funk_mf)")
     if task == "bandit":
         b = doc.get("bandit", {})
         if unknown := set(b) - {"arm", "arms", "reward_at_least"}:

@@ -37,6 +37,9 @@ def test_xwines_recommender_beats_the_running_mean(tmp_path: Path) -> None:
     assert all(set(d["scores"]) == {"mf", "linear"} and d["model"] == "mf" for d in preds)
     mf = p.prequential["mf"].get()
     assert mf["n"] == 1000 and mf["mae"] < mf["baseline_mae"]
+    # as a ranker: liked wines in the top 10 of the 200 most recent, far above chance (10/200)
+    assert mf["hit_rate"] > 0.10 and "hit_rate" not in p.prequential["linear"].get()
+    assert all(not k.startswith("rank:") for d in preds for k in d["scores"])
 
 
 def test_beijing_regression_learns_next_hour_pm25(tmp_path: Path) -> None:
