@@ -92,6 +92,14 @@ ARCHITECTURE_FIELDS: tuple[str, ...] = ("hidden", "layers", "embed_dim", "bucket
 #: Standardised dense inputs are clipped to [-CLIP, CLIP] standard deviations.
 CLIP = 5.0
 
+#: Inference batches are padded to a multiple of this many rows. CPU matrix
+#: kernels compute a row's result with different instructions for a 1-row or a
+#: ragged last block than for full blocks, so the same row could differ in the
+#: last bits with the batch size; padded, a row's score is the same bits in any
+#: micro-batch (measured here for batches of 1 to 600; a replay or a restart
+#: that cuts batches elsewhere reproduces every score).
+ROW_BLOCK = 16
+
 
 @dataclass(frozen=True)
 class DeepParams:
@@ -374,13 +382,18 @@ class DeepModel:
 
     def predict_proba_many(self, xs: Sequence[Features]) -> list[float]:
         """P(y = 1 | x) for every row, in one forward pass; mutates neither ``xs`` nor the model."""
-        if len(xs) == 0:
+        n = len(xs)
+        if n == 0:
             return []
         num, cat = self._encode(xs)
+        pad = -n % ROW_BLOCK
+        if pad:   # same row, same bits, whatever the batch size (see ROW_BLOCK)
+            num = np.concatenate([num, np.repeat(num[:1], pad, axis=0)])
+            cat = np.concatenate([cat, np.repeat(cat[:1], pad, axis=0)])
         with torch.inference_mode():
             dense, cat_t = self._inputs(num, cat, self._mean, self._inv_std)
             logits = self._net(dense, cat_t)
-            return torch.sigmoid(logits.double()).cpu().tolist()
+            return torch.sigmoid(logits.double()).cpu().tolist()[:n]
 
     def predict_proba_one(self, x: Features) -> float:
         """P(y = 1 | x); same as ``predict_proba_many([x])[0]``."""

@@ -223,6 +223,7 @@ class PartitionProcessor:
         fresh = set(new)
         features = self._window_features(decoded, new) if self.windows is not None else {}
         batch_scores = self._batch_scores(decoded, new, features, stats) if self.batch_models else {}
+        scored_at = self._torch_steps()
         for i, rec in enumerate(records):
             d = decoded[i]
             kind = d.kind
@@ -230,6 +231,12 @@ class PartitionProcessor:
                 stats.events += 1
                 if self._timeout is not None:
                     self._expire("event", d.ts, stats)
+                if self.batch_models and i in fresh and self._torch_steps() != scored_at:
+                    # a training step happened since the batch was scored (labels earlier in this
+                    # batch): score the rest again, so that every event sees the weights after
+                    # every record before it, whatever the micro-batch boundaries
+                    batch_scores.update(self._batch_scores(decoded, [j for j in new if j >= i], features, stats))
+                    scored_at = self._torch_steps()
                 self._event(d, rec, out, stats, features.get(i), batch_scores.get(i), i in fresh)
             elif kind == "label":
                 stats.labels += 1
@@ -269,14 +276,20 @@ class PartitionProcessor:
         ts = [decoded[i].ts for i in new]
         return dict(zip(new, self.windows.update_batch(docs, ts, self.store.get)))  # type: ignore[arg-type]
 
+    def _torch_steps(self) -> tuple[int, ...]:
+        return tuple(m.steps for m in self.batch_models)
+
     def _batch_scores(self, decoded: Sequence[Decoded], new: Sequence[int],
                       features: Mapping[int, dict[str, float]], stats: BatchStats) -> dict[int, dict[str, float]]:
-        """Torch scores of the batch's new events: one forward pass per model per batch.
+        """Torch scores of new events: one forward pass per model for the whole batch.
 
-        The weights are those at the start of the batch: a training step taken
-        while the batch's labels are applied serves the next batch (a
-        mini-batch server's usual contract). Redelivered events keep their
-        stored prediction, so this never makes a duplicate differ.
+        If a training step happens while the batch is applied (its labels
+        filled a step's batch), :meth:`process` scores the batch's remaining
+        events again, so each event is scored by the weights after every
+        record before it: torch scores, like River's, do not depend on where
+        micro-batches are cut, and a replay or a restart reproduces them.
+        Steps come every ``batch_size`` labels, so this costs a few extra
+        forward passes per micro-batch at most.
         """
         if not new:
             return {}
@@ -290,7 +303,8 @@ class PartitionProcessor:
             t0 = time.perf_counter()
             for i, p in zip(new, m.predict_proba_many(xs)):
                 out[i][m.name] = p
-            stats.inference_s[m.name] = time.perf_counter() - t0  # type: ignore[index]
+            spent = stats.inference_s  # type: ignore[union-attr]
+            spent[m.name] = spent.get(m.name, 0.0) + time.perf_counter() - t0
         return out
 
     def _event(self, d: Decoded, rec: Any, out: list[Output], stats: BatchStats,

@@ -48,6 +48,28 @@ def second_worker(s: Settings) -> Settings:
     return s.model_copy(update={"web_port": free_port(), "metrics_port": free_port()})
 
 
+def settled(reader: OutputReader, quiet_s: float = 3.0) -> Callable[[], bool]:
+    """A condition: no new prediction record (answers and re-answers) for ``quiet_s`` seconds.
+
+    Waiting for this (not only for every event to have an answer) before the
+    labels are replayed matters after a kill: an answer the killed worker
+    published but had not flushed is scored again by the next owner, and if
+    labels were already arriving they could train its models first, giving a
+    second answer that differs from the first (labels on their own topic are
+    not ordered with the events; docs/reliability.md, section 4).
+    """
+    last = {"n": -1, "t": time.monotonic()}
+
+    def cond() -> bool:
+        reader.poll(0.2)
+        n = len(reader.predictions) + reader.duplicates
+        if n != last["n"]:
+            last.update(n=n, t=time.monotonic())
+        return time.monotonic() - last["t"] >= quiet_s
+
+    return cond
+
+
 def consumed(s: Settings, topic: str) -> float:
     """Records of logical ``topic`` this worker process has consumed (0 if /metrics is not up)."""
     try:
@@ -159,6 +181,7 @@ def run_stream(s: Settings, log: Path, stream: Path, event_ids: set[str], n_labe
         wait_for(lambda: not event_ids.difference(reader.predictions, (d.get("event_id") for d in reader.dlq)),
                  "every event answered", procs, log, poll=lambda: reader.poll(0.2))
         if n_labels_topic:
+            wait_for(settled(reader), "the predictions to settle (re-answers after a kill included)", procs, log)
             replay(stream, s, topics=["labels"])
             wait_for(lambda: sum(consumed(c, "labels") for c in confs) >= n_labels_topic,
                      "every label consumed", procs, log, poll=lambda: time.sleep(0.2))

@@ -262,3 +262,20 @@ aggs = ["count"]
     p = proc(spec, tmp_path / "s")
     d = preds(p.process("events", recs(ev(1), ev(3))))
     assert [x["features"]["a_count_1s_by_c"] for x in d] == [1.0, 2.0] and p.decision == "features"
+
+
+def test_torch_scores_do_not_depend_on_micro_batch_boundaries(tmp_path: Path) -> None:
+    """Real elec2 with inline labels: training steps land inside batches; every event must
+    still be scored by the weights after every record before it, as with one record per batch."""
+    from streams.datasets import iter_records
+    from streams.spec import load_spec
+
+    spec = load_spec("elec2_deep")
+    rows = [Record(i, r["key"].encode(), orjson.dumps(r["value"]), 0)
+            for i, r in enumerate(iter_records("elec2", limit=1200))]
+    outs = {}
+    for size in (1, 7, 500):
+        p = PartitionProcessor(spec, PartitionStore(tmp_path / f"b{size}"), 0, clock=lambda: 0.0)
+        outs[size] = [o.value for i in range(0, len(rows), size) for o in p.process("events", rows[i:i + size])]
+        assert p.batch_models[0].steps >= 10
+    assert outs[7] == outs[1] and outs[500] == outs[1]
