@@ -80,6 +80,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        from streams.supervisor import supervise
+
+        return supervise(_settings(args), args.workers)
     from streams.app import run_worker
 
     run_worker(_settings(args))
@@ -203,10 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_topics)
 
     sp = add("worker", "consume events and labels, publish predictions", """\
-        Run one worker process of a pipeline. Workers with the same app id form
-        one consumer group: start more (each with its own --web-port and
-        --metrics-port) to share the partitions. Stops cleanly on SIGTERM/Ctrl-C,
-        flushing outputs and state before the last offset commit.""")
+        Run a worker process of a pipeline. Workers with the same app id form
+        one consumer group and share the partitions: --workers N starts N
+        processes here (web and metrics ports offset by 0..N-1) and restarts
+        one that dies; on other machines start more with the same app id.
+        Stops cleanly on SIGTERM/Ctrl-C, flushing outputs and state before the
+        last offset commit.""")
+    sp.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="Worker processes to run in this consumer group (default 1).")
     _settings_flags(sp, *KAFKA, "app_id", "pipeline", "partitions", "session_timeout_s", "fetcher", "batch_max",
                     "commit_interval_s", "max_event_bytes", "state_dir", "snapshot_key", "device", "torch_threads",
                     "checkpoint_dir", "checkpoint_interval_s", "web_port", "metrics_host",
