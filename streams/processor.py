@@ -56,6 +56,12 @@ from streams.spec import PipelineSpec
 from streams.state import PartitionStore
 
 
+#: New events scored per torch forward pass: large enough to amortise a pass
+#: (~0.2 ms), small enough that a training step (every ``batch_size`` labels)
+#: wastes little of it.
+TORCH_CHUNK = 512
+
+
 def _snapshot_key(spec: PipelineSpec, model: ModelSpec) -> str:
     """State key of a model's snapshot: changes when the model or its inputs change."""
     import hashlib
@@ -222,8 +228,12 @@ class PartitionProcessor:
         new = self._new_events(decoded)
         fresh = set(new)
         features = self._window_features(decoded, new) if self.windows is not None else {}
-        batch_scores = self._batch_scores(decoded, new, features, stats) if self.batch_models else {}
-        scored_at = self._torch_steps()
+        # torch: new events are scored TORCH_CHUNK at a time, and again from the current one on
+        # after a training step (labels earlier in the batch), so that every event sees the
+        # weights after every record before it, whatever the micro-batch boundaries
+        batch_scores: dict[int, dict[str, float]] = {}
+        scored_at: tuple[int, ...] | None = None
+        position = {j: k for k, j in enumerate(new)} if self.batch_models else {}
         for i, rec in enumerate(records):
             d = decoded[i]
             kind = d.kind
@@ -231,12 +241,12 @@ class PartitionProcessor:
                 stats.events += 1
                 if self._timeout is not None:
                     self._expire("event", d.ts, stats)
-                if self.batch_models and i in fresh and self._torch_steps() != scored_at:
-                    # a training step happened since the batch was scored (labels earlier in this
-                    # batch): score the rest again, so that every event sees the weights after
-                    # every record before it, whatever the micro-batch boundaries
-                    batch_scores.update(self._batch_scores(decoded, [j for j in new if j >= i], features, stats))
-                    scored_at = self._torch_steps()
+                if self.batch_models and i in fresh:
+                    steps = self._torch_steps()
+                    if i not in batch_scores or steps != scored_at:
+                        k = position[i]
+                        batch_scores = self._batch_scores(decoded, new[k:k + TORCH_CHUNK], features, stats)
+                        scored_at = steps
                 self._event(d, rec, out, stats, features.get(i), batch_scores.get(i), i in fresh)
             elif kind == "label":
                 stats.labels += 1
@@ -281,15 +291,14 @@ class PartitionProcessor:
 
     def _batch_scores(self, decoded: Sequence[Decoded], new: Sequence[int],
                       features: Mapping[int, dict[str, float]], stats: BatchStats) -> dict[int, dict[str, float]]:
-        """Torch scores of new events: one forward pass per model for the whole batch.
+        """Torch scores of the events ``new``: one forward pass per model.
 
-        If a training step happens while the batch is applied (its labels
-        filled a step's batch), :meth:`process` scores the batch's remaining
-        events again, so each event is scored by the weights after every
-        record before it: torch scores, like River's, do not depend on where
-        micro-batches are cut, and a replay or a restart reproduces them.
-        Steps come every ``batch_size`` labels, so this costs a few extra
-        forward passes per micro-batch at most.
+        :meth:`process` calls this for up to ``TORCH_CHUNK`` new events at a
+        time, and again from the current event on after a training step (the
+        batch's labels filled a step), so each event is scored by the weights
+        after every record before it: torch scores, like River's, do not
+        depend on where micro-batches are cut, and a replay or a restart
+        reproduces them.
         """
         if not new:
             return {}
