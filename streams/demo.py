@@ -55,8 +55,12 @@ def all_topics(settings: Settings) -> dict[str, int]:
             | {settings.topic("metrics"): 1})
 
 
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    """A worker in its own process, configured through ``STREAMSCORE_*`` variables."""
+def start_worker(settings: Settings, log_path: Path | None) -> subprocess.Popen[bytes]:
+    """A worker in its own process, configured through ``STREAMSCORE_*`` variables.
+
+    Its output is appended to ``log_path``, or shares this process's
+    stdout/stderr when ``log_path`` is None.
+    """
     from pydantic import SecretStr
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSCORE_")}
@@ -68,6 +72,8 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
         if value is None:
             continue
         env[Settings.env_name(name)] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    if log_path is None:
+        return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env)
     log = log_path.open("ab")
     return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
                             stdout=log, stderr=subprocess.STDOUT)

@@ -127,9 +127,8 @@ class PartitionProcessor:
         if self._reco and (raw := store.get("c:items")) is not None:
             self._items = dict.fromkeys(orjson.loads(raw))
         self.classifies = spec.task == "classification"
-        #: torch models: one ``predict_proba_many`` per micro-batch; the rest score event by event
+        #: torch models: ``predict_proba_many`` over a micro-batch's new events; the rest score event by event
         self.batch_models = [m for m in self.models if hasattr(m, "predict_proba_many")]
-        self.river_models = [m for m in self.models if not hasattr(m, "predict_proba_many")]
         self.champion = next(m for m in self.models if m.name == spec.champion.name) if self.models else None
         self.decision = spec.decision_name if self.models else "features"
         self.blend = Blend(spec.blend, [m.name for m in spec.deciders]) if spec.blend is not None else None
@@ -209,7 +208,7 @@ class PartitionProcessor:
     def swap_weights(self, name: str, checkpoint: Any) -> str:
         """Hot-swap a torch model's weights from a checkpoint (a DeepModel or its ``state()``); its new version.
 
-        Called between batches only, so a batch is scored by one set of weights.
+        Called between batches only: a swap never lands in the middle of a batch.
         """
         model = next((m for m in self.batch_models if m.name == name), None)
         if model is None:

@@ -39,9 +39,7 @@ def supervise(settings: Settings, n: int, *, log_path: Path | None = None, max_r
     from streams.demo import start_worker
 
     def spawn(s: Settings) -> subprocess.Popen[bytes]:
-        if start is not None:
-            return start(s, log_path)
-        return start_worker(s, log_path) if log_path is not None else _inherit(s)
+        return (start or start_worker)(s, log_path)
 
     confs = [worker_settings(settings, i) for i in range(n)]
     procs = [spawn(c) for c in confs]
@@ -75,18 +73,3 @@ def supervise(settings: Settings, n: int, *, log_path: Path | None = None, max_r
         for sig, handler in old.items():
             signal.signal(sig, handler)
 
-
-def _inherit(settings: Settings) -> subprocess.Popen[bytes]:
-    """A worker process sharing this terminal (stdout/stderr inherited)."""
-    import os
-    import sys
-
-    from pydantic import SecretStr
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSCORE_")}
-    for name in settings.model_fields_set | {"broker", "app_id", "topic_prefix", "pipeline", "partitions",
-                                             "state_dir", "web_port", "metrics_port"}:
-        value = getattr(settings, name)
-        if value is not None:
-            env[Settings.env_name(name)] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env)
