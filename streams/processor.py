@@ -145,6 +145,10 @@ class PartitionProcessor:
                 "blend", spec.blend.policy, {"deciders": ",".join(m.name for m in spec.deciders),
                                              **{f"w_{k}": v for k, v in sorted(spec.blend.weights.items())}}))
         self._learned_since_snapshot = False
+        #: scored events waiting for their label, since the last flush: event id -> (doc, on disk?).
+        #: Kept as objects and written as "e:<event id>" at flush only: a label that comes within
+        #: the same flush interval (the common case) costs no JSON round trip and no RocksDB write.
+        self._open: dict[str, tuple[dict[str, Any], bool]] = {}
         self._restored: set[str] = set()
         if snapshot_key is not None:
             self._restore()
@@ -343,7 +347,7 @@ class PartitionProcessor:
             stats.latencies_s.append(self.clock() - rec.timestamp / 1000.0)  # type: ignore[union-attr]
         if scores is None:
             return
-        self.store.put("e:" + eid, orjson.dumps({"x": x, "s": scores}))
+        self._open[eid] = ({"x": x, "s": scores}, False)
         if self._provisional:        # learn the default label now; the real one corrects it later
             self._train(x, scores, self.spec.label_default)  # type: ignore[arg-type]
         if self._timeout is not None:
@@ -455,15 +459,15 @@ class PartitionProcessor:
         while heap and heap[0][0] < wm:
             _, eid = heapq.heappop(heap)
             self.store.delete("t:" + eid)
-            stored = self.store.get("e:" + eid)
-            if stored is None:            # a restart replayed it, or it was never scored
+            found = self._open_doc(eid)
+            if found is None:             # a restart replayed it, or it was never scored
                 continue
-            doc = orjson.loads(stored)
+            doc = found[0]
             if "y" in doc:                # labelled before the deadline: trained then, evaluated now
                 for name, preq in self.prequential.items():
                     preq.update(doc["y"], doc["s"][name])
                 self._learned_since_snapshot = True
-                self.store.delete("e:" + eid)
+                self._close(eid)
                 self.store.put("y:" + eid, b"d")
             else:                         # no label: the default
                 self._learn(eid, doc["x"], doc["s"], self.spec.label_default, marker=b"d")  # type: ignore[arg-type]
@@ -474,25 +478,25 @@ class PartitionProcessor:
         eid = d.event_id
         assert d.y is not None
         store = self.store
-        stored = store.get("e:" + eid)          # the common case: one lookup
-        if stored is not None:
-            doc = orjson.loads(stored)
+        found = self._open_doc(eid)             # the common case: in memory, or one lookup
+        if found is not None:
+            doc, on_disk = found
             if "y" not in doc:
-                self._join(eid, doc, d.y)
+                self._join(eid, doc, d.y, on_disk)
                 stats.labels_joined += 1
                 return
         marker = store.get("y:" + eid)
         if marker == b"d":                       # its deadline passed first: a late label
             stats.labels_late += 1
             return
-        if stored is not None or marker is not None or store.get("l:" + eid) is not None:
+        if found is not None or marker is not None or store.get("l:" + eid) is not None:
             self._dlq(Reason.DUPLICATE_LABEL.value, f"event {eid!r} already has a label", topic, rec, out,
                       stats, eid)
             return
         store.put("l:" + eid, orjson.dumps({"y": d.y, "ts": d.ts}))
         stats.labels_pending += 1
 
-    def _join(self, eid: str, doc: dict[str, Any], y: float) -> None:
+    def _join(self, eid: str, doc: dict[str, Any], y: float, on_disk: bool = False) -> None:
         """A label meets its event's stored features and scores.
 
         Without a label timeout: evaluate and train now. With one, the event's
@@ -507,7 +511,7 @@ class PartitionProcessor:
             return
         if not (self._provisional and y == self.spec.label_default):
             self._train(doc["x"], doc["s"], y)
-        self.store.put("e:" + eid, orjson.dumps({**doc, "y": y}))
+        self._open[eid] = ({**doc, "y": y}, on_disk)
 
     def _learn(self, eid: str, x: dict[str, Any], scores: dict[str, float], y: float, marker: bytes = b"1") -> None:
         if self.bandit:
@@ -521,7 +525,7 @@ class PartitionProcessor:
             self._train(x, scores, y)
         self._learned_since_snapshot = True
         # the feature snapshot has served its purpose: keep only a small "labelled" marker
-        self.store.delete("e:" + eid)
+        self._close(eid)
         if self._timeout is not None:
             self.store.delete("t:" + eid)
         self.store.put("y:" + eid, marker)      # b"d": labelled by the timeout
@@ -533,8 +537,22 @@ class PartitionProcessor:
             self.prequential[m.name].update(m.reward(y), actions[m.name], logged)
             m.learn(actions[m.name], x, y)
         self._learned_since_snapshot = True
-        self.store.delete("e:" + eid)
+        self._close(eid)
         self.store.put("y:" + eid, marker)
+
+    def _open_doc(self, eid: str) -> tuple[dict[str, Any], bool] | None:
+        """The stored features and scores of a scored event not yet closed, and whether they are on disk."""
+        found = self._open.get(eid)
+        if found is not None:
+            return found
+        raw = self.store.get("e:" + eid)
+        return None if raw is None else (orjson.loads(raw), True)
+
+    def _close(self, eid: str) -> None:
+        """Forget an event's features and scores (labelled, or timed out)."""
+        found = self._open.pop(eid, None)
+        if found is None or found[1]:
+            self.store.delete("e:" + eid)
 
     def _train(self, x: dict[str, Any], scores: dict[str, float], y: float) -> None:
         for m in self.models:
@@ -574,6 +592,9 @@ class PartitionProcessor:
         together, so after a crash they agree with each other and with the
         committed offsets (which faust writes only after this).
         """
+        for eid, (doc, _) in self._open.items():
+            self.store.put("e:" + eid, orjson.dumps(doc))
+        self._open.clear()
         if self.windows is not None:
             self.windows.flush(self.store.put)
         if self._reco:
