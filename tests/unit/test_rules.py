@@ -228,3 +228,51 @@ def test_pickle_round_trip_keeps_rules_and_counts():
 
 def test_actions_constant():
     assert ACTIONS == ("flag", "floor", "cap", "override")
+
+
+# -- the compiled fast path agrees with rule-engine ------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import rule_engine  # noqa: E402
+
+from models.rules import _Context, _fast_matches  # noqa: E402
+
+FAST_CASES = [
+    "amount > 400", "amount >= 0.1", "3.5 < amount", "amount == 2", "amount != 2",
+    "amount > 1000 and country != 'UK'", "country == 'UK' or score_lr < 0.2",
+    "not (amount <= 3.5 or opt == 2)", "score_lr > score_hat", "amount > 0.30000000000000001",
+    "amount > 1e308 * 10", "amount in [1, 2]", "opt == null",
+]
+VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-2 ** 60, max_value=2 ** 60),
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.1, 0.3, 2.0, 3.5, 400.0, 1000.0]),
+    st.sampled_from(["UK", "FR", ""]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({f: VALUES for f in ("amount", "country", "opt", "score_lr", "score_hat")}))
+def test_fast_path_matches_rule_engine(ctx):
+    context = _Context(FIELDS)
+    for when in FAST_CASES:
+        rule = rule_engine.Rule(when, context=context)
+        fast = _fast_matches(rule)
+        try:
+            want: object = rule.matches(ctx)
+        except Exception as exc:  # noqa: BLE001
+            want = type(exc)
+        try:
+            got: object = fast(ctx)
+        except Exception as exc:  # noqa: BLE001
+            got = type(exc)
+        assert got == want, (when, ctx)
+
+
+def test_fast_path_compiles_the_common_shapes():
+    context = _Context(FIELDS)
+    compiled = {w for w in FAST_CASES if "_fast_matches" in _fast_matches(rule_engine.Rule(w, context=context)).__qualname__}
+    # literals that are not a float's shortest repr, arithmetic and membership stay on rule-engine
+    assert compiled == set(FAST_CASES) - {"amount > 0.30000000000000001", "amount > 1e308 * 10",
+                                          "amount in [1, 2]", "opt == null"}
