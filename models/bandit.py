@@ -17,12 +17,19 @@ exactly (tests/unit/test_bandit.py).
 (True, 'eg@0')
 >>> m.learn(chosen, {"arm": chosen}, 1.0), m.version
 (True, 'eg@1')
+
+Contextual policies (River's ``ContextualPolicy``, e.g. :class:`LinUCB`) get
+the event's features as context, both when they choose and when they learn;
+context-free ones are called exactly as before.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from river import bandit
 
 
 class BanditModel:
@@ -49,17 +56,127 @@ class BanditModel:
             return float(y)
         return 1.0 if float(y) >= self.reward_at_least else 0.0
 
+    @property
+    def contextual(self) -> bool:
+        """True for a policy that reads a context (River's ``ContextualPolicy``, e.g. :class:`LinUCB`).
+
+        A property, not a slot: a restored snapshot replaces ``policy``.
+        """
+        return isinstance(self.policy, bandit.base.ContextualPolicy)
+
     def choose(self, x: Mapping[str, Any]) -> str:
-        """Pull an arm for this event (advances the policy's random state, as River's pull does)."""
+        """Pull an arm for this event (advances the policy's random state, as River's pull does).
+
+        A contextual policy pulls with the event's context: :meth:`LinUCB.observe`
+        first counts the event in the feature statistics (no label needed), so
+        each decision sees the statistics up to and including its own event.
+        """
+        if self.contextual:
+            return self.policy.pull(self.arms, context=self.policy.observe(x))
         return self.policy.pull(self.arms)
 
     def learn(self, chosen: str, x: Mapping[str, Any], y: float) -> bool:
         """Learn from the reward if ``chosen`` is the logged arm (the replay method); True if it did."""
         if chosen != x.get(self.arm_field):
             return False
-        self.policy.update(chosen, self.reward(y))
+        if self.contextual:
+            self.policy.update(chosen, self.policy.context(x), self.reward(y))
+        else:
+            self.policy.update(chosen, self.reward(y))
         self.n_learned += 1
         return True
+
+
+class LinUCB(bandit.LinUCBDisjoint):
+    """Disjoint LinUCB (Li et al., 2010) over named numeric features, standardised online.
+
+    Why a subclass of River's ``LinUCBDisjoint``: River's policy ranks arms by
+    ``mu + sigma`` of each arm's Bayesian linear regression, where ``sigma``
+    is the *predictive* deviation (observation noise included) and its
+    ``alpha`` is the prior precision; there is no exploration width. Here
+    ``alpha`` is Li et al.'s width: an arm's bound is ``mu + alpha * s``,
+    with ``s = sqrt(x' A^-1 x)`` the deviation of the mean estimate alone
+    and ``A = ridge * I + sum x x'`` (River's regression with ``alpha=ridge``,
+    ``beta=1``), so ``alpha=0`` is greedy. Each arm keeps River's regression,
+    learnt only from the events where it was the logged arm (replay).
+
+    The context is built here, not by the caller, so that a pipeline names
+    its features once: ``features`` (the pipeline's numeric inputs: raw
+    fields and window features), each standardised by running mean and
+    variance (Welford; pure Python, so a replay gives the same bits), plus a
+    constant 1 (the regression has no intercept of its own). A missing
+    feature counts as its mean (0 after standardising). Never put the logged
+    action, or a property of the logged item, in ``features``: the replay
+    method needs a context known *before* the decision, and a context that
+    reveals the logged arm lets the policy pick which events it is judged on.
+
+    ``smoothing`` in (0, 1) forgets old rewards (River's exponential
+    smoothing of the posterior, for drifting tastes); ``None`` keeps them all.
+
+    Arm ``"b"`` pays when ``u > 0``, arm ``"a"`` otherwise:
+
+    >>> import random
+    >>> rng, p, won = random.Random(0), LinUCB(["u"], alpha=0.5, seed=1), 0
+    >>> for t in range(600):
+    ...     x = {"u": rng.uniform(-1, 1)}
+    ...     arm = p.pull(["a", "b"], context=p.observe(x))
+    ...     reward = float((arm == "b") == (x["u"] > 0))
+    ...     p.update(arm, p.context(x), reward)
+    ...     won += reward if t >= 300 else 0
+    >>> won / 300 > 0.9
+    True
+    >>> p.pull(["a", "b"], context=p.context({"u": 0.8})), p.pull(["a", "b"], context=p.context({"u": -0.8}))
+    ('b', 'a')
+    """
+
+    BIAS = "__bias__"
+
+    def __init__(self, features: Sequence[str], alpha: float = 1.0, ridge: float = 1.0,
+                 smoothing: float | None = None, burn_in: int = 0, seed: int | None = None) -> None:
+        super().__init__(alpha=ridge, beta=1.0, smoothing=smoothing, seed=seed)
+        # River 0.26's LinUCBDisjoint hands burn_in to the base class as its reward_scaler
+        # (positional mix-up): set both here
+        self.reward_scaler = None
+        self.burn_in = burn_in
+        self.features = tuple(features)
+        self.alpha = alpha          # exploration width (River's own alpha is bound to ``ridge`` above)
+        self.ridge = ridge
+        self._moments: dict[str, list[float]] = {f: [0.0, 0.0, 0.0] for f in self.features}  # n, mean, M2
+
+    def observe(self, x: Mapping[str, Any]) -> dict[str, float]:
+        """Count ``x`` in the running feature statistics, then return its :meth:`context`."""
+        for f in self.features:
+            v = x.get(f)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                mo = self._moments[f]
+                mo[0] += 1.0
+                delta = v - mo[1]
+                mo[1] += delta / mo[0]
+                mo[2] += delta * (v - mo[1])
+        return self.context(x)
+
+    def context(self, x: Mapping[str, Any]) -> dict[str, float]:
+        """The standardised context of ``x`` under the current statistics (1 for the intercept)."""
+        ctx = {self.BIAS: 1.0}
+        for f in self.features:
+            v = x.get(f)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                n, mean, m2 = self._moments[f]
+                sd = math.sqrt(m2 / n) if n > 1 else 0.0
+                ctx[f] = (v - mean) / sd if sd > 0 else 0.0
+        return ctx
+
+    def _pull(self, arm_ids, context):
+        bounds = {}
+        for arm_id in arm_ids:
+            reg = self._bayes_lin_regs[arm_id]
+            dist = reg.predict_one(context, with_dist=True)
+            # predictive variance = 1/beta (noise) + x' A^-1 x: keep the estimate's part only
+            s = math.sqrt(max(dist.sigma ** 2 - 1.0 / reg.beta, 0.0))
+            bounds[arm_id] = dist.mu + self.alpha * s
+        top = max(bounds.values())
+        candidates = [a for a, b in bounds.items() if b == top]
+        return self._rng.choice(candidates) if len(candidates) > 1 else candidates[0]
 
 
 class BanditPrequential:

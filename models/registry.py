@@ -9,7 +9,7 @@ micro-batch in one call and are built from :mod:`models.deep`, imported only
 when a pipeline uses one (torch takes seconds to import).
 
 >>> sorted(REGISTRY)
-['amf_regressor', 'arf', 'biased_mf', 'epsilon_greedy', 'funk_mf', 'hoeffding_adaptive_tree', 'linear_regression', 'logistic_regression', 'random_policy', 'thompson', 'ucb']
+['amf_regressor', 'arf', 'biased_mf', 'epsilon_greedy', 'funk_mf', 'hoeffding_adaptive_tree', 'linear_regression', 'linucb', 'logistic_regression', 'random_policy', 'thompson', 'ucb']
 >>> BATCH_KINDS
 ('wide_deep',)
 """
@@ -201,6 +201,34 @@ def _random_policy(p: SeedParams, numeric: Sequence[str], categorical: Sequence[
 
 
 @dataclass(frozen=True)
+class LinUCBParams:
+    alpha: float = 1.0        # exploration width (Li et al.'s alpha): bound = mean + alpha * its deviation
+    ridge: float = 1.0        # prior precision of each arm's linear model (River's own ``alpha``)
+    smoothing: float = 0.0    # in (0, 1): forget old rewards (River's smoothing); 0: keep all
+    burn_in: int = 0          # pulls of each arm before the policy chooses
+    context: str = ""         # comma-separated numeric inputs to use as context; "": all of them
+    seed: int = 42
+
+
+def _linucb(p: LinUCBParams, numeric: Sequence[str], categorical: Sequence[str]) -> Any:
+    """Contextual: the context is the pipeline's numeric inputs (raw and window features).
+
+    Categorical features are left out on purpose: a bandit's logged action is
+    one of them, and it is not known when the policy decides.
+    """
+    from models.bandit import LinUCB
+
+    features = tuple(f.strip() for f in p.context.split(",") if f.strip()) if p.context else tuple(numeric)
+    if unknown := [f for f in features if f not in numeric]:
+        raise ValueError(f"linucb context: {unknown} are not numeric inputs of the pipeline; known: {list(numeric)}")
+    if not (math.isfinite(p.alpha) and p.alpha >= 0 and math.isfinite(p.ridge) and p.ridge > 0
+            and 0.0 <= p.smoothing < 1.0 and p.burn_in >= 0):
+        raise ValueError("linucb needs alpha >= 0, ridge > 0, 0 <= smoothing < 1 and burn_in >= 0")
+    return LinUCB(features, alpha=p.alpha, ridge=p.ridge, smoothing=p.smoothing or None,
+                  burn_in=p.burn_in, seed=p.seed)
+
+
+@dataclass(frozen=True)
 class Entry:
     params: type
     build: Callable[[Any, Sequence[str], Sequence[str]], base.Estimator]
@@ -220,6 +248,7 @@ REGISTRY: Mapping[str, Entry] = {
     "ucb": Entry(UCBParams, _ucb, "bandit"),
     "thompson": Entry(SeedParams, _thompson, "bandit"),
     "random_policy": Entry(SeedParams, _random_policy, "bandit"),
+    "linucb": Entry(LinUCBParams, _linucb, "bandit"),
 }
 
 
