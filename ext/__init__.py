@@ -97,6 +97,56 @@ API
     >>> t.take_dirty()
     [('a', 10, 1, 6.0, 6.0, 6.0), ('b', 0, 0, 0.0, inf, -inf)]
 
+``HoppingTable(size_ms, hop_ms, grace_ms=0)`` and ``SessionTable(gap_ms, half_life_ms=0)``
+    Keyed tables with ``TumblingTable``'s interface (``update_many(keys, ts,
+    values, has_value)``, ``missing``, ``load``, ``take_dirty``, ``clear``,
+    ``late``, ``len``; same argument conversion, GIL release and thread check)
+    for the hopping and session windows of ``streams.features``.  Parameters
+    and timestamps must lie in ``(-2**62, 2**62)`` (a batch with another
+    timestamp raises ``ValueError`` and changes nothing).  Per row, in order
+    (the exact operation sequence is in the comments of ``kernels.hpp``):
+
+    Hopping (``size_ms`` a multiple of ``hop_ms``, ``m = size_ms // hop_ms``):
+    ``b = floor(ts / hop)``, ``end = (b + 1) * hop``.  Per key: ``newest``
+    (newest applied ts) and the non-empty buckets, each the ``Moments`` of its
+    values merged in application order.  If the key has state and ``end +
+    grace_ms <= newest`` the row is late (counted, not applied) and reports the
+    window of ``newest``; else a value is merged into bucket ``b``, ``newest =
+    max(newest, ts)`` and buckets below ``floor((newest - grace) / hop) - m +
+    1`` are dropped; the row reports buckets ``[b - m + 1, b]`` folded oldest
+    to newest: ``[count, sum, mean, min, max, var]``, all 0.0 when empty.
+    ``load(key, newest, buckets, counts, sums, means, m2s, mins, maxs)`` /
+    ``take_dirty() -> [(key, newest, buckets, counts, sums, means, m2s, mins,
+    maxs), ...]`` (columns of the buckets, ascending).
+
+    Session: per key ``start``, ``newest``, the session's ``Moments`` and, with
+    ``half_life_ms > 0``, ``dsum``/``dweight`` (decayed value and weight sums
+    at ``newest``; ``decay(dt) = exp2(-(double(dt) / double(half_life_ms)))``).
+    A row with ``ts < start`` is late.  ``ts - newest >= gap_ms`` ends the
+    session (a value starts a new one: ``dsum = v, dweight = 1.0``); a value
+    with ``0 <= ts - newest < gap_ms`` continues it (``dsum = dsum * f + v``,
+    ``dweight = dweight * f + 1.0``, ``f = decay(ts - newest)``); a value with
+    ``start <= ts < newest`` is merged in (``dsum = dsum + v * f``, ``dweight
+    = dweight + f``, ``f = decay(newest - ts)``).  Rows are ``[count, sum,
+    mean, min, max, var, since, duration, decay_sum, decay_mean]``: ``since =
+    ts - newest`` (newest before the row; NaN for a first, late or out-of-order
+    row), ``duration = T - start`` and ``decay_sum = dsum`` at ``T = max(ts,
+    newest)`` (a value-less row past newest reports ``dsum * decay(ts -
+    newest)``), ``decay_mean = dsum / dweight``.  An ended session without a
+    new value, or a key without state, gives zeros (``since`` as above).
+    ``load(key, start, newest, count, sum, mean, m2, min, max, dsum,
+    dweight)`` / ``take_dirty() -> [(key, start, newest, count, sum, mean, m2,
+    min, max, dsum, dweight), ...]``.
+
+    >>> h = HoppingTable(30, 10)
+    >>> h.update_many(["a", "a", "a"], np.array([1, 12, 25]), np.array([1.0, 2.0, 3.0]),
+    ...               np.array([True, True, True]))[:, :3].tolist()
+    [[1.0, 1.0, 1.0], [2.0, 3.0, 1.5], [3.0, 6.0, 2.0]]
+    >>> s = SessionTable(10)
+    >>> s.update_many(["a", "a", "a"], np.array([1, 5, 30]), np.array([1.0, 2.0, 3.0]),
+    ...               np.array([True, True, True]))[:, [0, 1, 6, 7]].tolist()
+    [[1.0, 1.0, nan, 0.0], [2.0, 3.0, 4.0, 4.0], [1.0, 3.0, 25.0, 0.0]]
+
 Numerical definition (why native and reference are bit-identical)
 -----------------------------------------------------------------
 Sums are *not* maintained by "add on enter, subtract on exit": subtraction
@@ -126,6 +176,9 @@ count``), including signed zeros and infinities - are bit-identical between
 backends, and NaN appears in exactly the same places (the sign/payload bits of
 a NaN are not specified: IEEE-754 leaves their propagation open and compilers
 may swap the operands of + and *).  The tests compare results bit for bit.
+HoppingTable and SessionTable reuse ``merge``; the decay factor is one call
+of the C library's ``exp2`` in both backends (Python's ``math.exp2`` is that
+function), so decayed sums are bit-identical too on one platform.
 """
 
 from __future__ import annotations
@@ -137,6 +190,8 @@ from types import ModuleType
 
 __all__ = [
     "NATIVE",
+    "HoppingTable",
+    "SessionTable",
     "SlidingWindow",
     "TumblingTable",
     "backend_name",
@@ -194,6 +249,8 @@ hash_string = _backend.hash_string
 hash_strings = _backend.hash_strings
 SlidingWindow = _backend.SlidingWindow
 TumblingTable = _backend.TumblingTable
+HoppingTable = _backend.HoppingTable
+SessionTable = _backend.SessionTable
 
 
 def backend_name() -> str:

@@ -114,3 +114,123 @@ class TumblingTable:
     def late(self) -> int: ...
     def __len__(self) -> int: ...
     def __repr__(self) -> str: ...
+
+class HoppingTable:
+    """Hopping-window [count, sum, mean, min, max, var] per key; see ext/__init__.py."""
+
+    def __init__(self, size_ms: int, hop_ms: int, grace_ms: int = 0) -> None: ...
+    def update_many(
+        self,
+        keys: Sequence[str],
+        ts: Annotated[
+            NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+        values: Annotated[
+            NDArray[numpy.float64], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+        has_value: Annotated[
+            NDArray[numpy.bool_], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+    ) -> Annotated[NDArray[numpy.float64], dict(shape=(None, None))]:
+        """
+        Apply every row in order; returns an (n, 6) float64 array of [count, sum, mean, min, max, var] of each row's window.
+        """
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        """Distinct keys (first-seen order) that have no state in the table."""
+
+    def load(
+        self,
+        key: str,
+        newest: int,
+        buckets: Sequence[int],
+        counts: Sequence[int],
+        sums: Sequence[float],
+        means: Sequence[float],
+        m2s: Sequence[float],
+        mins: Sequence[float],
+        maxs: Sequence[float],
+    ) -> None:
+        """Install a key's state read from the store (not marked dirty)."""
+
+    def take_dirty(
+        self,
+    ) -> list[
+        tuple[str, int, list[int], list[int], list[float], list[float], list[float], list[float], list[float]]
+    ]:
+        """
+        (key, newest, buckets, counts, sums, means, m2s, mins, maxs) of every dirty key, in first-dirtied order; clears the dirty set.
+        """
+
+    def clear(self) -> None:
+        """Drop all held state; raises RuntimeError if dirty keys were not taken."""
+
+    @property
+    def size_ms(self) -> int: ...
+    @property
+    def hop_ms(self) -> int: ...
+    @property
+    def grace_ms(self) -> int: ...
+    @property
+    def late(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __repr__(self) -> str: ...
+
+class SessionTable:
+    """Gap-based session aggregates per key; see ext/__init__.py."""
+
+    def __init__(self, gap_ms: int, half_life_ms: int = 0) -> None: ...
+    def update_many(
+        self,
+        keys: Sequence[str],
+        ts: Annotated[
+            NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+        values: Annotated[
+            NDArray[numpy.float64], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+        has_value: Annotated[
+            NDArray[numpy.bool_], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+    ) -> Annotated[NDArray[numpy.float64], dict(shape=(None, None))]:
+        """
+        Apply every row in order; returns an (n, 10) float64 array of [count, sum, mean, min, max, var, since, duration, decay_sum, decay_mean] of each row's session.
+        """
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        """Distinct keys (first-seen order) that have no state in the table."""
+
+    def load(
+        self,
+        key: str,
+        start: int,
+        newest: int,
+        count: int,
+        sum: float,
+        mean: float,
+        m2: float,
+        min: float,
+        max: float,
+        dsum: float,
+        dweight: float,
+    ) -> None:
+        """Install a key's state read from the store (not marked dirty)."""
+
+    def take_dirty(
+        self,
+    ) -> list[tuple[str, int, int, int, float, float, float, float, float, float, float]]:
+        """
+        (key, start, newest, count, sum, mean, m2, min, max, dsum, dweight) of every dirty key, in first-dirtied order; clears the dirty set.
+        """
+
+    def clear(self) -> None:
+        """Drop all held state; raises RuntimeError if dirty keys were not taken."""
+
+    @property
+    def gap_ms(self) -> int: ...
+    @property
+    def half_life_ms(self) -> int: ...
+    @property
+    def late(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __repr__(self) -> str: ...

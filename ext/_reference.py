@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["SlidingWindow", "TumblingTable", "hash_string", "hash_strings"]
+__all__ = ["HoppingTable", "SessionTable", "SlidingWindow", "TumblingTable", "hash_string", "hash_strings"]
 
 _FNV_OFFSET_BASIS = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
@@ -578,4 +578,404 @@ class TumblingTable:
             raise RuntimeError(
                 f"clear(): {len(self._dirty)} dirty key(s) not taken; call take_dirty() first"
             )
+        self._state = {}
+
+
+# -- hopping and session windows per key ---------------------------------------
+
+_MAX_ABS_TS = 1 << 62
+_SESSION_WIDTH = 10
+
+
+def _check_param(v: int, lo: int, name: str) -> None:
+    if not lo <= v < _MAX_ABS_TS:
+        raise ValueError(f"{name} must be in [{lo}, 2**62), got {v}")
+
+
+def _check_ts_range(ts_list: list[int]) -> None:
+    for i, t in enumerate(ts_list):
+        if not -_MAX_ABS_TS < t < _MAX_ABS_TS:
+            raise ValueError(f"update_many(): ts[{i}]={t} is outside (-2**62, 2**62)")
+
+
+def _check_loaded_count(count: int) -> None:
+    if not 0 <= count <= _MAX_LOADED_COUNT:
+        raise ValueError(f"load(): count must be in [0, 2**53], got {count}")
+
+
+def _stats_row(m: _Moments) -> tuple[float, float, float, float, float, float]:
+    """[count, sum, mean, min, max, var] of m, all 0.0 when m is empty (kernels.hpp write_stats)."""
+    if m[0] == 0:
+        return (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    return _stats_of(m)
+
+
+def _batch_args(
+    fn: str, keys: Any, ts: Any, values: Any, has_value: Any
+) -> tuple[list[str], list[int], list[float], list[bool]]:
+    ts_arr = _as_1d_array(ts, np.int64, "ts")
+    val_arr = _as_1d_array(values, np.float64, "values")
+    hv_arr = _as_1d_array(has_value, np.bool_, "has_value")
+    key_list = _key_list(keys, fn)
+    n = len(key_list)
+    if ts_arr.shape[0] != n or val_arr.shape[0] != n or hv_arr.shape[0] != n:
+        raise ValueError(
+            f"{fn}(): keys, ts, values and has_value must have the same length, "
+            f"got {n}, {ts_arr.shape[0]}, {val_arr.shape[0]} and {hv_arr.shape[0]}"
+        )
+    ts_list = ts_arr.tolist()
+    _check_ts_range(ts_list)
+    return key_list, ts_list, val_arr.tolist(), hv_arr.tolist()
+
+
+def _missing(state: dict[str, Any], keys: Sequence[str]) -> list[str]:
+    key_list = _key_list(keys, "missing")
+    seen: set[str] = set()
+    out: list[str] = []
+    for key in key_list:
+        if key not in state and key not in seen:
+            seen.add(key)
+            out.append(key)
+    return out
+
+
+def _check_new_key(state: dict[str, Any], key: Any) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"load(): key must be a str, not {type(key).__name__}")
+    key.encode("utf-8")
+    if key in state:
+        raise ValueError(f"load(): key {key!r} already has state; load only keys returned by missing()")
+    return key
+
+
+def _clear_checked(dirty: dict[str, None]) -> None:
+    if dirty:
+        raise RuntimeError(f"clear(): {len(dirty)} dirty key(s) not taken; call take_dirty() first")
+
+
+class HoppingTable:
+    """Hopping-window [count, sum, mean, min, max, var] per key (see ext/__init__.py).
+
+    Transcription of the C++ ``HoppingTable``: per key ``[newest, buckets]``
+    with ``buckets`` a list of ``[bucket, moments]`` in ascending bucket order.
+    Not thread-safe.
+    """
+
+    __slots__ = ("_size_ms", "_hop_ms", "_grace_ms", "_m", "_state", "_dirty", "_late")
+
+    def __init__(self, size_ms: int, hop_ms: int, grace_ms: int = 0) -> None:
+        size_ms = _as_int64(size_ms, "size_ms")
+        hop_ms = _as_int64(hop_ms, "hop_ms")
+        grace_ms = _as_int64(grace_ms, "grace_ms")
+        _check_param(size_ms, 1, "size_ms")
+        _check_param(hop_ms, 1, "hop_ms")
+        _check_param(grace_ms, 0, "grace_ms")
+        if size_ms % hop_ms:
+            raise ValueError(f"size_ms must be a multiple of hop_ms, got {size_ms} and {hop_ms}")
+        if size_ms + grace_ms >= _MAX_ABS_TS:
+            raise ValueError("size_ms + grace_ms must be below 2**62")
+        self._size_ms = size_ms
+        self._hop_ms = hop_ms
+        self._grace_ms = grace_ms
+        self._m = size_ms // hop_ms
+        self._state: dict[str, list[Any]] = {}
+        self._dirty: dict[str, None] = {}
+        self._late = 0
+
+    @property
+    def size_ms(self) -> int:
+        return self._size_ms
+
+    @property
+    def hop_ms(self) -> int:
+        return self._hop_ms
+
+    @property
+    def grace_ms(self) -> int:
+        return self._grace_ms
+
+    @property
+    def late(self) -> int:
+        return self._late
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __repr__(self) -> str:
+        return (
+            f"HoppingTable(size_ms={self._size_ms}, hop_ms={self._hop_ms}, grace_ms={self._grace_ms}, "
+            f"keys={len(self._state)}, dirty={len(self._dirty)}, late={self._late})"
+        )
+
+    def update_many(
+        self, keys: Sequence[str], ts: npt.ArrayLike, values: npt.ArrayLike, has_value: npt.ArrayLike
+    ) -> npt.NDArray[np.float64]:
+        """Apply every row in order; returns an (n, 6) float64 array of
+        [count, sum, mean, min, max, var] of each row's window."""
+        key_list, ts_list, vals, hvs = _batch_args("update_many", keys, ts, values, has_value)
+        hop, m, grace = self._hop_ms, self._m, self._grace_ms
+        state, dirty = self._state, self._dirty
+        rows: list[tuple[float, ...]] = []
+        append = rows.append
+        for key, t, v, hv in zip(key_list, ts_list, vals, hvs):
+            b = t // hop
+            end = (b + 1) * hop
+            st = state.get(key)
+            if st is not None and end + grace <= st[0]:
+                self._late += 1
+                bn = st[0] // hop
+                append(_stats_row(self._fold(st[1], bn - m + 1, bn)))
+                continue
+            if hv:
+                if st is None:
+                    st = state[key] = [t, []]
+                self._apply(st, b, t, v)
+                dirty[key] = None
+            append(_STATS_ZERO if st is None else _stats_row(self._fold(st[1], b - m + 1, b)))
+        return np.array(rows, dtype=np.float64).reshape(len(key_list), _STATS_WIDTH)
+
+    def _apply(self, st: list[Any], b: int, t: int, v: float) -> None:
+        buckets: list[list[Any]] = st[1]
+        pos = len(buckets)
+        while pos > 0 and buckets[pos - 1][0] >= b:
+            pos -= 1
+        if pos < len(buckets) and buckets[pos][0] == b:
+            buckets[pos][1] = _merge(buckets[pos][1], _single(v))
+        else:
+            buckets.insert(pos, [b, _single(v)])
+        if t > st[0]:
+            st[0] = t
+        keep = (st[0] - self._grace_ms) // self._hop_ms - self._m + 1
+        drop = 0
+        while drop < len(buckets) and buckets[drop][0] < keep:
+            drop += 1
+        if drop:
+            del buckets[:drop]
+
+    @staticmethod
+    def _fold(buckets: list[list[Any]], lo: int, hi: int) -> _Moments:
+        acc = _EMPTY
+        for b, mom in buckets:
+            if b > hi:
+                break
+            if b >= lo:
+                acc = _merge(acc, mom)
+        return acc
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        """Distinct keys (first-seen order) that have no state in the table."""
+        return _missing(self._state, keys)
+
+    def load(
+        self,
+        key: str,
+        newest: int,
+        buckets: Sequence[int],
+        counts: Sequence[int],
+        sums: Sequence[float],
+        means: Sequence[float],
+        m2s: Sequence[float],
+        mins: Sequence[float],
+        maxs: Sequence[float],
+    ) -> None:
+        """Install a key's state read from the store (not marked dirty)."""
+        newest = _as_int64(newest, "newest")
+        bs = [_as_int64(b, "buckets") for b in buckets]
+        ns = [_as_int64(c, "counts") for c in counts]
+        cols = [[_as_double(x, name) for x in col]
+                for col, name in ((sums, "sums"), (means, "means"), (m2s, "m2s"), (mins, "mins"), (maxs, "maxs"))]
+        if any(len(c) != len(bs) for c in (ns, *cols)):
+            raise ValueError("load(): the bucket columns must have the same length")
+        if not isinstance(key, str):
+            raise TypeError(f"load(): key must be a str, not {type(key).__name__}")
+        key.encode("utf-8")
+        for j, c in enumerate(ns):
+            _check_loaded_count(c)
+            if c == 0:
+                raise ValueError("load(): bucket counts must be >= 1")
+            if j and bs[j] <= bs[j - 1]:
+                raise ValueError("load(): buckets must be strictly ascending")
+        _check_new_key(self._state, key)
+        self._state[key] = [newest, [[b, (c, s, mu, m2, lo, hi)]
+                                     for b, c, s, mu, m2, lo, hi in zip(bs, ns, *cols)]]
+
+    def take_dirty(self) -> list[tuple[Any, ...]]:
+        """(key, newest, buckets, counts, sums, means, m2s, mins, maxs) of every
+        dirty key, in first-dirtied order; clears the dirty set."""
+        out = []
+        for key in self._dirty:
+            newest, buckets = self._state[key]
+            cols: list[list[Any]] = [[b for b, _ in buckets]] + [[mom[j] for _, mom in buckets] for j in range(6)]
+            out.append((key, newest, *cols))
+        self._dirty = {}
+        return out
+
+    def clear(self) -> None:
+        """Drop all held state; raises RuntimeError if dirty keys were not taken."""
+        _clear_checked(self._dirty)
+        self._state = {}
+
+
+_STATS_ZERO = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+class SessionTable:
+    """Gap-based session aggregates per key (see ext/__init__.py).
+
+    Transcription of the C++ ``SessionTable``: per key ``[start, newest,
+    moments, dsum, dweight]``.  Not thread-safe.
+    """
+
+    __slots__ = ("_gap_ms", "_half_life_ms", "_state", "_dirty", "_late")
+
+    def __init__(self, gap_ms: int, half_life_ms: int = 0) -> None:
+        gap_ms = _as_int64(gap_ms, "gap_ms")
+        half_life_ms = _as_int64(half_life_ms, "half_life_ms")
+        _check_param(gap_ms, 1, "gap_ms")
+        _check_param(half_life_ms, 0, "half_life_ms")
+        self._gap_ms = gap_ms
+        self._half_life_ms = half_life_ms
+        self._state: dict[str, list[Any]] = {}
+        self._dirty: dict[str, None] = {}
+        self._late = 0
+
+    @property
+    def gap_ms(self) -> int:
+        return self._gap_ms
+
+    @property
+    def half_life_ms(self) -> int:
+        return self._half_life_ms
+
+    @property
+    def late(self) -> int:
+        return self._late
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __repr__(self) -> str:
+        return (
+            f"SessionTable(gap_ms={self._gap_ms}, half_life_ms={self._half_life_ms}, "
+            f"keys={len(self._state)}, dirty={len(self._dirty)}, late={self._late})"
+        )
+
+    def _decay(self, dt: int) -> float:
+        return math.exp2(-(float(dt) / float(self._half_life_ms)))
+
+    def _fresh(self, t: int, v: float) -> list[Any]:
+        if self._half_life_ms > 0:
+            return [t, t, _single(v), v, 1.0]
+        return [t, t, _single(v), 0.0, 0.0]
+
+    def _report(self, st: list[Any], at: int, since: float) -> list[float]:
+        row = [*_stats_row(st[2]), since, float(at - st[0])]
+        if self._half_life_ms > 0:
+            row += [st[3], st[3] / st[4]]
+        else:
+            row += [0.0, 0.0]
+        return row
+
+    def update_many(
+        self, keys: Sequence[str], ts: npt.ArrayLike, values: npt.ArrayLike, has_value: npt.ArrayLike
+    ) -> npt.NDArray[np.float64]:
+        """Apply every row in order; returns an (n, 10) float64 array of [count,
+        sum, mean, min, max, var, since, duration, decay_sum, decay_mean] of
+        each row's session."""
+        key_list, ts_list, vals, hvs = _batch_args("update_many", keys, ts, values, has_value)
+        gap, decays = self._gap_ms, self._half_life_ms > 0
+        state, dirty, report = self._state, self._dirty, self._report
+        rows: list[list[float]] = []
+        append = rows.append
+        for key, t, v, hv in zip(key_list, ts_list, vals, hvs):
+            st = state.get(key)
+            if st is None:
+                if hv:
+                    st = state[key] = self._fresh(t, v)
+                    dirty[key] = None
+                    append(report(st, t, _NAN))
+                else:
+                    append([0.0] * 6 + [_NAN, 0.0, 0.0, 0.0])
+                continue
+            if t < st[0]:
+                self._late += 1
+                append(report(st, st[1], _NAN))
+            elif t >= st[1]:
+                since = float(t - st[1])
+                if t - st[1] >= gap:
+                    if hv:
+                        st[:] = self._fresh(t, v)
+                        dirty[key] = None
+                        append(report(st, t, since))
+                    else:
+                        append([0.0] * 6 + [since, 0.0, 0.0, 0.0])
+                elif hv:
+                    if decays:
+                        f = self._decay(t - st[1])
+                        st[3] = st[3] * f + v
+                        st[4] = st[4] * f + 1.0
+                    st[2] = _merge(st[2], _single(v))
+                    st[1] = t
+                    dirty[key] = None
+                    append(report(st, t, since))
+                else:
+                    row = report(st, t, since)
+                    if decays:
+                        row[8] = st[3] * self._decay(t - st[1])
+                    append(row)
+            else:
+                if hv:
+                    if decays:
+                        f = self._decay(st[1] - t)
+                        st[3] = st[3] + v * f
+                        st[4] = st[4] + f
+                    st[2] = _merge(st[2], _single(v))
+                    dirty[key] = None
+                append(report(st, st[1], _NAN))
+        return np.array(rows, dtype=np.float64).reshape(len(key_list), _SESSION_WIDTH)
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        """Distinct keys (first-seen order) that have no state in the table."""
+        return _missing(self._state, keys)
+
+    def load(
+        self,
+        key: str,
+        start: int,
+        newest: int,
+        count: int,
+        sum: float,  # noqa: A002
+        mean: float,
+        m2: float,
+        min: float,  # noqa: A002
+        max: float,  # noqa: A002
+        dsum: float,
+        dweight: float,
+    ) -> None:
+        """Install a key's state read from the store (not marked dirty)."""
+        if not isinstance(key, str):
+            raise TypeError(f"load(): key must be a str, not {type(key).__name__}")
+        start = _as_int64(start, "start")
+        newest = _as_int64(newest, "newest")
+        count = _as_int64(count, "count")
+        floats = [_as_double(x, name) for x, name in ((sum, "sum"), (mean, "mean"), (m2, "m2"), (min, "min"),
+                                                      (max, "max"), (dsum, "dsum"), (dweight, "dweight"))]
+        key.encode("utf-8")
+        _check_loaded_count(count)
+        _check_new_key(self._state, key)
+        self._state[key] = [start, newest, (count, *floats[:5]), floats[5], floats[6]]
+
+    def take_dirty(self) -> list[tuple[Any, ...]]:
+        """(key, start, newest, count, sum, mean, m2, min, max, dsum, dweight) of
+        every dirty key, in first-dirtied order; clears the dirty set."""
+        out = []
+        for key in self._dirty:
+            start, newest, mom, dsum, dweight = self._state[key]
+            out.append((key, start, newest, *mom, dsum, dweight))
+        self._dirty = {}
+        return out
+
+    def clear(self) -> None:
+        """Drop all held state; raises RuntimeError if dirty keys were not taken."""
+        _clear_checked(self._dirty)
         self._state = {}

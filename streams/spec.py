@@ -165,9 +165,15 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
         windows = tuple(WindowSpec.parse(w) for w in doc.get("windows", []))
     except (KeyError, ValueError, TypeError) as exc:
         raise SpecError(f"{source}: [[windows]]: {exc}") from exc
+    names = [n for w in windows for n in w.names]
+    if dup := sorted({n for n in names if names.count(n) > 1}):
+        raise SpecError(f"{source}: [[windows]]: feature names collide: {dup} (windows that differ only in kind, "
+                        "hop or grace; or the same window twice)")
     for w in windows:
-        if w.field not in numeric:
-            raise SpecError(f"{source}: window field {w.field!r} must be a numeric feature")
+        if w.reads_values and w.field not in numeric:
+            raise SpecError(f"{source}: window field {w.field!r} must be a numeric feature: {w.kind} windows with "
+                            f"aggs {list(w.aggs)} read its value (only count, distinct, since and duration of "
+                            "hopping or session windows take any event field)")
     spec = PipelineSpec(
         name=_require(p, "name", f"{source} [pipeline]"),
         task=task,

@@ -299,6 +299,183 @@ std::string tumbling_repr(const TumblingTableObj &self) {
            ", late=" + std::to_string(self.table.late()) + ")";
 }
 
+// -- HoppingTable / SessionTable ------------------------------------------------
+
+// A table plus the same busy flag as TumblingTableObj (see there).
+template <class Table>
+struct Guarded {
+    Table table;
+    bool busy = false;
+    template <class... Args>
+    explicit Guarded(Args... args) : table(args...) {}
+};
+
+template <class Obj>
+void check_idle_obj(const Obj &self, const char *name) {
+    if (self.busy) {
+        throw std::runtime_error(std::string(name) +
+                                 " is in use by another thread (tables are not thread-safe)");
+    }
+}
+
+template <class Obj>
+class ObjGuard {
+public:
+    ObjGuard(Obj &self, const char *name) : self_(self) {
+        check_idle_obj(self, name);
+        self_.busy = true;
+    }
+    ~ObjGuard() { self_.busy = false; }
+    ObjGuard(const ObjGuard &) = delete;
+    ObjGuard &operator=(const ObjGuard &) = delete;
+
+private:
+    Obj &self_;
+};
+
+using HoppingObj = Guarded<k::HoppingTable>;
+using SessionObj = Guarded<k::SessionTable>;
+constexpr const char *kHopping = "HoppingTable";
+constexpr const char *kSession = "SessionTable";
+
+// update_many of a keyed table with `width` output columns.
+template <class Obj>
+F64Matrix keyed_update_many(Obj &self, const char *name, std::size_t width,
+                            const nb::typed<nb::sequence, nb::str> &keys, const I64In &ts,
+                            const F64In &values, const BoolIn &has_value) {
+    ObjGuard<Obj> guard(self, name);
+    const KeyViews kv = key_views(keys, "update_many");
+    const std::size_t n = kv.views.size();
+    if (ts.shape(0) != n || values.shape(0) != n || has_value.shape(0) != n) {
+        throw nb::value_error(
+            ("update_many(): keys, ts, values and has_value must have the same length, got " +
+             std::to_string(n) + ", " + std::to_string(ts.shape(0)) + ", " +
+             std::to_string(values.shape(0)) + " and " + std::to_string(has_value.shape(0)))
+                .c_str());
+    }
+    std::unique_ptr<double[]> out(new double[n == 0 ? 1 : n * width]);
+    {
+        std::optional<nb::gil_scoped_release> nogil;
+        if (n >= kReleaseGilMinItems) nogil.emplace();
+        self.table.update_many(kv.views.data(), ts.data(), values.data(), has_value.data(), n,
+                               out.get());
+    }
+    double *data = out.get();
+    nb::capsule owner(data, [](void *p) noexcept { delete[] static_cast<double *>(p); });
+    out.release();
+    return F64Matrix(data, {n, width}, owner);
+}
+
+template <class Obj>
+nb::typed<nb::list, nb::str> keyed_missing(Obj &self, const char *name,
+                                           const nb::typed<nb::sequence, nb::str> &keys) {
+    ObjGuard<Obj> guard(self, name);
+    const KeyViews kv = key_views(keys, "missing");
+    const std::size_t n = kv.views.size();
+    std::vector<std::size_t> rows;
+    {
+        std::optional<nb::gil_scoped_release> nogil;
+        if (n >= kReleaseGilMinItems) nogil.emplace();
+        rows = self.table.missing(kv.views.data(), n);
+    }
+    nb::list result;
+    for (const std::size_t i : rows) result.append(kv.items[i]);
+    return nb::typed<nb::list, nb::str>(result);
+}
+
+[[noreturn]] void already_loaded(const nb::str &key) {
+    throw nb::value_error(("load(): key " + std::string(nb::repr(key).c_str()) +
+                           " already has state; load only keys returned by missing()")
+                              .c_str());
+}
+
+void hopping_load(HoppingObj &self, const nb::str &key, std::int64_t newest,
+                  const std::vector<std::int64_t> &buckets, const std::vector<std::int64_t> &counts,
+                  const std::vector<double> &sums, const std::vector<double> &means,
+                  const std::vector<double> &m2s, const std::vector<double> &mins,
+                  const std::vector<double> &maxs) {
+    ObjGuard<HoppingObj> guard(self, kHopping);
+    const std::size_t nb_ = buckets.size();
+    if (counts.size() != nb_ || sums.size() != nb_ || means.size() != nb_ ||
+        m2s.size() != nb_ || mins.size() != nb_ || maxs.size() != nb_) {
+        throw nb::value_error("load(): the bucket columns must have the same length");
+    }
+    const auto [data, len] = utf8_of(key);
+    std::vector<k::HopBucket> bs(nb_);
+    for (std::size_t j = 0; j < nb_; ++j) {
+        bs[j].bucket = buckets[j];
+        bs[j].m.n = counts[j];
+        bs[j].m.sum = sums[j];
+        bs[j].m.mean = means[j];
+        bs[j].m.m2 = m2s[j];
+        bs[j].m.min = mins[j];
+        bs[j].m.max = maxs[j];
+    }
+    if (!self.table.load(std::string_view(data, len), newest, std::move(bs))) already_loaded(key);
+}
+
+using HopDirty = std::tuple<nb::str, std::int64_t, std::vector<std::int64_t>,
+                            std::vector<std::int64_t>, std::vector<double>, std::vector<double>,
+                            std::vector<double>, std::vector<double>, std::vector<double>>;
+
+std::vector<HopDirty> hopping_take_dirty(HoppingObj &self) {
+    ObjGuard<HoppingObj> guard(self, kHopping);
+    std::vector<k::HoppingTable::DirtyRow> rows = self.table.take_dirty();
+    std::vector<HopDirty> result;
+    result.reserve(rows.size());
+    for (const auto &r : rows) {
+        HopDirty d;
+        std::get<0>(d) = nb::str(r.key.data(), r.key.size());
+        std::get<1>(d) = r.state.newest;
+        for (const k::HopBucket &b : r.state.buckets) {
+            std::get<2>(d).push_back(b.bucket);
+            std::get<3>(d).push_back(b.m.n);
+            std::get<4>(d).push_back(b.m.sum);
+            std::get<5>(d).push_back(b.m.mean);
+            std::get<6>(d).push_back(b.m.m2);
+            std::get<7>(d).push_back(b.m.min);
+            std::get<8>(d).push_back(b.m.max);
+        }
+        result.push_back(std::move(d));
+    }
+    return result;
+}
+
+void session_load(SessionObj &self, const nb::str &key, std::int64_t start, std::int64_t newest,
+                  std::int64_t count, double sum, double mean, double m2, double min, double max,
+                  double dsum, double dweight) {
+    ObjGuard<SessionObj> guard(self, kSession);
+    const auto [data, len] = utf8_of(key);
+    k::SessionState st;
+    st.start = start;
+    st.newest = newest;
+    st.m.n = count;
+    st.m.sum = sum;
+    st.m.mean = mean;
+    st.m.m2 = m2;
+    st.m.min = min;
+    st.m.max = max;
+    st.dsum = dsum;
+    st.dweight = dweight;
+    if (!self.table.load(std::string_view(data, len), st)) already_loaded(key);
+}
+
+using SessionDirty = std::tuple<nb::str, std::int64_t, std::int64_t, std::int64_t, double, double,
+                                double, double, double, double, double>;
+
+std::vector<SessionDirty> session_take_dirty(SessionObj &self) {
+    ObjGuard<SessionObj> guard(self, kSession);
+    std::vector<k::SessionTable::DirtyRow> rows = self.table.take_dirty();
+    std::vector<SessionDirty> result;
+    result.reserve(rows.size());
+    for (const auto &r : rows) {
+        const k::SessionState &s = r.state;
+        result.emplace_back(nb::str(r.key.data(), r.key.size()), s.start, s.newest, s.m.n,
+                            s.m.sum, s.m.mean, s.m.m2, s.m.min, s.m.max, s.dsum, s.dweight);
+    }
+    return result;
+}
+
 }  // namespace
 
 NB_MODULE(_native, m) {
@@ -362,4 +539,111 @@ NB_MODULE(_native, m) {
         .def_prop_ro("late", &tumbling_late)
         .def("__len__", &tumbling_len)
         .def("__repr__", &tumbling_repr);
+
+    nb::class_<HoppingObj>(m, "HoppingTable",
+                           "Hopping-window [count, sum, mean, min, max, var] per key; see ext/__init__.py.")
+        .def(nb::init<std::int64_t, std::int64_t, std::int64_t>(), nb::arg("size_ms"),
+             nb::arg("hop_ms"), nb::arg("grace_ms") = 0)
+        .def("update_many",
+             [](HoppingObj &self, const nb::typed<nb::sequence, nb::str> &keys, const I64In &ts,
+                const F64In &values, const BoolIn &has_value) {
+                 return keyed_update_many(self, kHopping, k::kStatsWidth, keys, ts, values,
+                                          has_value);
+             },
+             nb::arg("keys"), nb::arg("ts"), nb::arg("values"), nb::arg("has_value"),
+             "Apply every row in order; returns an (n, 6) float64 array of "
+             "[count, sum, mean, min, max, var] of each row's window.")
+        .def("missing",
+             [](HoppingObj &self, const nb::typed<nb::sequence, nb::str> &keys) {
+                 return keyed_missing(self, kHopping, keys);
+             },
+             nb::arg("keys"), "Distinct keys (first-seen order) that have no state in the table.")
+        .def("load", &hopping_load, nb::arg("key"), nb::arg("newest"), nb::arg("buckets"),
+             nb::arg("counts"), nb::arg("sums"), nb::arg("means"), nb::arg("m2s"),
+             nb::arg("mins"), nb::arg("maxs"),
+             "Install a key's state read from the store (not marked dirty).")
+        .def("take_dirty", &hopping_take_dirty,
+             "(key, newest, buckets, counts, sums, means, m2s, mins, maxs) of every dirty key, "
+             "in first-dirtied order; clears the dirty set.")
+        .def("clear",
+             [](HoppingObj &self) {
+                 ObjGuard<HoppingObj> guard(self, kHopping);
+                 self.table.clear();
+             },
+             "Drop all held state; raises RuntimeError if dirty keys were not taken.")
+        .def_prop_ro("size_ms", [](const HoppingObj &self) { return self.table.size_ms(); })
+        .def_prop_ro("hop_ms", [](const HoppingObj &self) { return self.table.hop_ms(); })
+        .def_prop_ro("grace_ms", [](const HoppingObj &self) { return self.table.grace_ms(); })
+        .def_prop_ro("late",
+                     [](const HoppingObj &self) {
+                         check_idle_obj(self, kHopping);
+                         return self.table.late();
+                     })
+        .def("__len__",
+             [](const HoppingObj &self) {
+                 check_idle_obj(self, kHopping);
+                 return self.table.size();
+             })
+        .def("__repr__", [](const HoppingObj &self) {
+            check_idle_obj(self, kHopping);
+            return "HoppingTable(size_ms=" + std::to_string(self.table.size_ms()) +
+                   ", hop_ms=" + std::to_string(self.table.hop_ms()) +
+                   ", grace_ms=" + std::to_string(self.table.grace_ms()) +
+                   ", keys=" + std::to_string(self.table.size()) +
+                   ", dirty=" + std::to_string(self.table.dirty_count()) +
+                   ", late=" + std::to_string(self.table.late()) + ")";
+        });
+
+    nb::class_<SessionObj>(m, "SessionTable",
+                           "Gap-based session aggregates per key; see ext/__init__.py.")
+        .def(nb::init<std::int64_t, std::int64_t>(), nb::arg("gap_ms"),
+             nb::arg("half_life_ms") = 0)
+        .def("update_many",
+             [](SessionObj &self, const nb::typed<nb::sequence, nb::str> &keys, const I64In &ts,
+                const F64In &values, const BoolIn &has_value) {
+                 return keyed_update_many(self, kSession, k::kSessionWidth, keys, ts, values,
+                                          has_value);
+             },
+             nb::arg("keys"), nb::arg("ts"), nb::arg("values"), nb::arg("has_value"),
+             "Apply every row in order; returns an (n, 10) float64 array of [count, sum, mean, "
+             "min, max, var, since, duration, decay_sum, decay_mean] of each row's session.")
+        .def("missing",
+             [](SessionObj &self, const nb::typed<nb::sequence, nb::str> &keys) {
+                 return keyed_missing(self, kSession, keys);
+             },
+             nb::arg("keys"), "Distinct keys (first-seen order) that have no state in the table.")
+        .def("load", &session_load, nb::arg("key"), nb::arg("start"), nb::arg("newest"),
+             nb::arg("count"), nb::arg("sum"), nb::arg("mean"), nb::arg("m2"), nb::arg("min"),
+             nb::arg("max"), nb::arg("dsum"), nb::arg("dweight"),
+             "Install a key's state read from the store (not marked dirty).")
+        .def("take_dirty", &session_take_dirty,
+             "(key, start, newest, count, sum, mean, m2, min, max, dsum, dweight) of every dirty "
+             "key, in first-dirtied order; clears the dirty set.")
+        .def("clear",
+             [](SessionObj &self) {
+                 ObjGuard<SessionObj> guard(self, kSession);
+                 self.table.clear();
+             },
+             "Drop all held state; raises RuntimeError if dirty keys were not taken.")
+        .def_prop_ro("gap_ms", [](const SessionObj &self) { return self.table.gap_ms(); })
+        .def_prop_ro("half_life_ms",
+                     [](const SessionObj &self) { return self.table.half_life_ms(); })
+        .def_prop_ro("late",
+                     [](const SessionObj &self) {
+                         check_idle_obj(self, kSession);
+                         return self.table.late();
+                     })
+        .def("__len__",
+             [](const SessionObj &self) {
+                 check_idle_obj(self, kSession);
+                 return self.table.size();
+             })
+        .def("__repr__", [](const SessionObj &self) {
+            check_idle_obj(self, kSession);
+            return "SessionTable(gap_ms=" + std::to_string(self.table.gap_ms()) +
+                   ", half_life_ms=" + std::to_string(self.table.half_life_ms()) +
+                   ", keys=" + std::to_string(self.table.size()) +
+                   ", dirty=" + std::to_string(self.table.dirty_count()) +
+                   ", late=" + std::to_string(self.table.late()) + ")";
+        });
 }

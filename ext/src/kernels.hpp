@@ -13,6 +13,8 @@
 
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -581,6 +583,513 @@ private:
     std::vector<Entry> entries_;
     std::vector<std::uint32_t> slots_;
     std::vector<std::uint32_t> dirty_;
+};
+
+// ---------------------------------------------------------------------------
+// KeyedStates<State>: the string-keyed open-addressing index and dirty list
+// shared by HoppingTable and SessionTable (same scheme as TumblingTable's,
+// which keeps its own copy so its hot loop is untouched).
+// ---------------------------------------------------------------------------
+
+template <class State>
+class KeyedStates {
+public:
+    static constexpr std::uint32_t kNone = 0xffffffffU;
+
+    struct Entry {
+        std::string key;
+        std::uint64_t hash;
+        State state;
+        bool dirty;
+    };
+
+    std::size_t size() const noexcept { return entries_.size(); }
+    std::size_t dirty_count() const noexcept { return dirty_.size(); }
+    Entry &entry(std::uint32_t e) noexcept { return entries_[e]; }
+    const Entry &entry(std::uint32_t e) const noexcept { return entries_[e]; }
+    const std::vector<std::uint32_t> &dirty() const noexcept { return dirty_; }
+
+    std::uint32_t find(std::string_view key, std::uint64_t h) const noexcept {
+        if (slots_.empty()) return kNone;
+        const std::size_t mask = slots_.size() - 1;
+        for (std::size_t s = static_cast<std::size_t>(h) & mask;; s = (s + 1) & mask) {
+            const std::uint32_t v = slots_[s];
+            if (v == 0) return kNone;
+            const Entry &en = entries_[v - 1];
+            if (en.hash == h && std::string_view(en.key) == key) return v - 1;
+        }
+    }
+
+    // A new entry with a default State (not dirty).
+    std::uint32_t insert(std::string_view key, std::uint64_t h) {
+        if (entries_.size() >= kNone - 1) throw std::length_error("table: too many keys");
+        if (2 * (entries_.size() + 1) > slots_.size()) grow();
+        const auto e = static_cast<std::uint32_t>(entries_.size());
+        entries_.push_back(Entry{std::string(key), h, State{}, false});
+        place(e);
+        return e;
+    }
+
+    void mark_dirty(std::uint32_t e) {
+        if (!entries_[e].dirty) {
+            entries_[e].dirty = true;
+            dirty_.push_back(e);
+        }
+    }
+
+    // Clears the dirty set (after the caller has copied the dirty states).
+    void clear_dirty() noexcept {
+        for (const std::uint32_t e : dirty_) entries_[e].dirty = false;
+        dirty_.clear();
+    }
+
+    // Row indices of the first occurrence of every distinct key without state.
+    std::vector<std::size_t> missing(const std::string_view *keys, std::size_t n) const {
+        std::vector<std::size_t> rows;
+        std::unordered_set<std::string_view> seen;
+        for (std::size_t i = 0; i < n; ++i) {
+            if (find(keys[i], key_hash(keys[i])) != kNone) continue;
+            if (seen.insert(keys[i]).second) rows.push_back(i);
+        }
+        return rows;
+    }
+
+    void clear() {
+        if (!dirty_.empty()) {
+            throw std::runtime_error("clear(): " + std::to_string(dirty_.size()) +
+                                     " dirty key(s) not taken; call take_dirty() first");
+        }
+        entries_.clear();
+        entries_.shrink_to_fit();
+        slots_.clear();
+        slots_.shrink_to_fit();
+    }
+
+private:
+    void place(std::uint32_t e) noexcept {
+        const std::size_t mask = slots_.size() - 1;
+        std::size_t s = static_cast<std::size_t>(entries_[e].hash) & mask;
+        while (slots_[s] != 0) s = (s + 1) & mask;
+        slots_[s] = e + 1;
+    }
+
+    void grow() {
+        const std::size_t cap = slots_.empty() ? 16 : slots_.size() * 2;
+        slots_.assign(cap, 0);
+        for (std::uint32_t e = 0; e < entries_.size(); ++e) place(e);
+    }
+
+    std::vector<Entry> entries_;
+    std::vector<std::uint32_t> slots_;
+    std::vector<std::uint32_t> dirty_;
+};
+
+// Timestamps accepted by HoppingTable and SessionTable: |ts| < 2^62, so that
+// every difference of two timestamps and every window bound used below fits
+// in an int64.  A batch with another ts is rejected before anything changes.
+inline constexpr std::int64_t kMaxAbsTs = std::int64_t{1} << 62;
+
+inline void check_ts_range(const std::int64_t *ts, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) {
+        if (ts[i] <= -kMaxAbsTs || ts[i] >= kMaxAbsTs) {
+            throw std::invalid_argument("update_many(): ts[" + std::to_string(i) + "]=" +
+                                        std::to_string(ts[i]) + " is outside (-2**62, 2**62)");
+        }
+    }
+}
+
+inline void check_param(std::int64_t v, std::int64_t lo, const char *name) {
+    if (v < lo || v >= kMaxAbsTs) {
+        throw std::invalid_argument(std::string(name) + " must be in [" + std::to_string(lo) +
+                                    ", 2**62), got " + std::to_string(v));
+    }
+}
+
+inline void check_loaded_count(std::int64_t count) {
+    if (count < 0 || count > kMaxLoadedCount) {
+        throw std::invalid_argument("load(): count must be in [0, 2**53], got " +
+                                    std::to_string(count));
+    }
+}
+
+// [count, sum, mean, min, max, var] of m, all 0.0 when m is empty.
+inline void write_stats(const Moments &m, double *row) noexcept {
+    if (m.n == 0) {
+        for (std::size_t j = 0; j < kStatsWidth; ++j) row[j] = 0.0;
+        return;
+    }
+    const Stats s = stats_of(m);
+    row[0] = s.count;
+    row[1] = s.sum;
+    row[2] = s.mean;
+    row[3] = s.min;
+    row[4] = s.max;
+    row[5] = s.var;
+}
+
+// ---------------------------------------------------------------------------
+// HoppingTable: hopping windows of size_ms advancing by hop_ms, many keys.
+//
+// Buckets: b(ts) = floor(ts / hop).  Windows are [k*hop, k*hop + size) for
+// every integer k (size = m * hop).  The window of an event is the one of
+// those containing it that closes first: buckets [b - m + 1, b], i.e. times
+// [end - size, end) with end = (b(ts) + 1) * hop.  (hop == size: tumbling.)
+//
+// Per key: `newest` (the newest applied ts) and the non-empty buckets, in
+// ascending order, each a Moments value (values merged in application order).
+// Row i, in order:
+//
+//   if the key has state and end(ts) + grace <= newest:        LATE
+//       late += 1; report the window of newest: [b(newest) - m + 1, b(newest)]
+//   else if has_value[i]:
+//       bucket b(ts) = merge(bucket b(ts), single(value)); newest = max(newest, ts)
+//       drop the buckets below floor((newest - grace) / hop) - m + 1 (no event
+//       that is not late can need them); mark dirty; report [b - m + 1, b]
+//   else: report [b - m + 1, b] (nothing changes)
+//
+// The report folds the window's buckets oldest to newest with merge() and
+// writes [count, sum, mean, min, max, var] (all 0.0 for an empty window).
+// ---------------------------------------------------------------------------
+
+struct HopBucket {
+    std::int64_t bucket;
+    Moments m;
+};
+
+struct HoppingState {
+    std::int64_t newest = 0;
+    std::vector<HopBucket> buckets;  // ascending, non-empty
+};
+
+class HoppingTable {
+public:
+    struct DirtyRow {
+        std::string key;
+        HoppingState state;
+    };
+
+    HoppingTable(std::int64_t size_ms, std::int64_t hop_ms, std::int64_t grace_ms)
+        : size_ms_(size_ms), hop_ms_(hop_ms), grace_ms_(grace_ms) {
+        check_param(size_ms, 1, "size_ms");
+        check_param(hop_ms, 1, "hop_ms");
+        check_param(grace_ms, 0, "grace_ms");
+        if (size_ms % hop_ms != 0) {
+            throw std::invalid_argument("size_ms must be a multiple of hop_ms, got " +
+                                        std::to_string(size_ms) + " and " +
+                                        std::to_string(hop_ms));
+        }
+        if (size_ms + grace_ms >= kMaxAbsTs) {
+            throw std::invalid_argument("size_ms + grace_ms must be below 2**62");
+        }
+        m_ = size_ms / hop_ms;
+    }
+
+    std::int64_t size_ms() const noexcept { return size_ms_; }
+    std::int64_t hop_ms() const noexcept { return hop_ms_; }
+    std::int64_t grace_ms() const noexcept { return grace_ms_; }
+    std::int64_t late() const noexcept { return late_; }
+    std::size_t size() const noexcept { return states_.size(); }
+    std::size_t dirty_count() const noexcept { return states_.dirty_count(); }
+
+    // `out` receives n rows of kStatsWidth doubles.  The batch is validated
+    // (check_ts_range) before anything is mutated.
+    void update_many(const std::string_view *keys, const std::int64_t *ts,
+                     const double *values, const bool *has_value, std::size_t n,
+                     double *out) {
+        check_ts_range(ts, n);
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::int64_t b = floor_div(ts[i], hop_ms_);
+            const std::int64_t end = (b + 1) * hop_ms_;
+            const std::uint64_t h = key_hash(keys[i]);
+            std::uint32_t e = states_.find(keys[i], h);
+            double *row = out + i * kStatsWidth;
+            if (e != States::kNone && end + grace_ms_ <= states_.entry(e).state.newest) {
+                ++late_;
+                const std::int64_t bn = floor_div(states_.entry(e).state.newest, hop_ms_);
+                write_stats(fold(states_.entry(e).state, bn - m_ + 1, bn), row);
+                continue;
+            }
+            if (has_value[i]) {
+                if (e == States::kNone) {
+                    e = states_.insert(keys[i], h);
+                    states_.entry(e).state.newest = ts[i];
+                }
+                apply(states_.entry(e).state, b, ts[i], values[i]);
+                states_.mark_dirty(e);
+            }
+            if (e == States::kNone) {
+                write_stats(Moments{}, row);
+            } else {
+                write_stats(fold(states_.entry(e).state, b - m_ + 1, b), row);
+            }
+        }
+    }
+
+    std::vector<std::size_t> missing(const std::string_view *keys, std::size_t n) const {
+        return states_.missing(keys, n);
+    }
+
+    // Installs state read from the store (not dirty).  Buckets must be
+    // strictly ascending with counts in [1, 2^53].  Returns false, changing
+    // nothing, if the key already has state.
+    bool load(std::string_view key, std::int64_t newest, std::vector<HopBucket> buckets) {
+        for (std::size_t j = 0; j < buckets.size(); ++j) {
+            check_loaded_count(buckets[j].m.n);
+            if (buckets[j].m.n == 0) {
+                throw std::invalid_argument("load(): bucket counts must be >= 1");
+            }
+            if (j > 0 && buckets[j].bucket <= buckets[j - 1].bucket) {
+                throw std::invalid_argument("load(): buckets must be strictly ascending");
+            }
+        }
+        const std::uint64_t h = key_hash(key);
+        if (states_.find(key, h) != States::kNone) return false;
+        HoppingState &st = states_.entry(states_.insert(key, h)).state;
+        st.newest = newest;
+        st.buckets = std::move(buckets);
+        return true;
+    }
+
+    std::vector<DirtyRow> take_dirty() {
+        std::vector<DirtyRow> rows;
+        rows.reserve(states_.dirty_count());
+        for (const std::uint32_t e : states_.dirty()) {
+            rows.push_back(DirtyRow{states_.entry(e).key, states_.entry(e).state});
+        }
+        states_.clear_dirty();
+        return rows;
+    }
+
+    void clear() { states_.clear(); }
+
+private:
+    using States = KeyedStates<HoppingState>;
+
+    void apply(HoppingState &st, std::int64_t b, std::int64_t ts, double value) {
+        auto &bs = st.buckets;
+        auto it = std::lower_bound(bs.begin(), bs.end(), b,
+                                   [](const HopBucket &x, std::int64_t v) { return x.bucket < v; });
+        if (it != bs.end() && it->bucket == b) {
+            it->m = merge(it->m, single(value));
+        } else {
+            bs.insert(it, HopBucket{b, single(value)});
+        }
+        if (ts > st.newest) st.newest = ts;
+        const std::int64_t keep = floor_div(st.newest - grace_ms_, hop_ms_) - m_ + 1;
+        std::size_t drop = 0;
+        while (drop < bs.size() && bs[drop].bucket < keep) ++drop;
+        if (drop) bs.erase(bs.begin(), bs.begin() + static_cast<std::ptrdiff_t>(drop));
+    }
+
+    static Moments fold(const HoppingState &st, std::int64_t lo, std::int64_t hi) noexcept {
+        Moments acc;
+        for (const HopBucket &x : st.buckets) {
+            if (x.bucket > hi) break;
+            if (x.bucket >= lo) acc = merge(acc, x.m);
+        }
+        return acc;
+    }
+
+    std::int64_t size_ms_;
+    std::int64_t hop_ms_;
+    std::int64_t grace_ms_;
+    std::int64_t m_ = 1;
+    std::int64_t late_ = 0;
+    States states_;
+};
+
+// ---------------------------------------------------------------------------
+// SessionTable: gap-based sessions, many keys.
+//
+// Per key: the current session's `start`, the entity's `newest` applied ts,
+// the session's Moments, and (half_life > 0) the decayed accumulators
+// dsum = sum(v_i * w_i), dweight = sum(w_i) with w_i = 2^(-(newest - t_i) / half_life).
+// decay(dt) is exactly exp2(-(double(dt) / double(half_life))).
+// Row i, in order (T: the time the row is reported at):
+//
+//   no state:   has -> state = {ts, ts, single(v), v, 1.0}; mark dirty
+//               report the new session, or an empty row without a value
+//   ts < start: LATE: late += 1; not applied; report the session, T = newest,
+//               since omitted
+//   ts >= newest, ts - newest >= gap (the session has ended):
+//               has -> a new session {ts, ts, single(v), v, 1.0}; mark dirty;
+//               report it; without a value report an empty row;
+//               since = ts - newest (the previous applied event)
+//   ts >= newest, ts - newest < gap (continues):
+//               f = decay(ts - newest)
+//               has -> moments = merge(moments, single(v)); dsum = dsum * f + v;
+//                      dweight = dweight * f + 1.0; newest = ts; mark dirty
+//               report T = ts, since = ts - newest before the row; without a
+//               value the decayed sum is reported as dsum * f
+//   start <= ts < newest (out of order, inside the session):
+//               has -> f = decay(newest - ts); moments = merge(moments, single(v));
+//                      dsum = dsum + v * f; dweight = dweight + f; mark dirty
+//               report T = newest, since omitted
+//
+// A row is [count, sum, mean, min, max, var, since, duration, decay_sum,
+// decay_mean]: the session's statistics (write_stats), since (NaN: omitted),
+// duration = T - start, and the decayed sum and mean = dsum / dweight at T.
+// An empty row is zeros with `since` as above.  With half_life 0 the decay
+// columns are 0.0 and the accumulators are not maintained.
+// ---------------------------------------------------------------------------
+
+inline constexpr std::size_t kSessionWidth = 10;
+
+struct SessionState {
+    std::int64_t start = 0;
+    std::int64_t newest = 0;
+    Moments m;
+    double dsum = 0.0;
+    double dweight = 0.0;
+};
+
+class SessionTable {
+public:
+    struct DirtyRow {
+        std::string key;
+        SessionState state;
+    };
+
+    SessionTable(std::int64_t gap_ms, std::int64_t half_life_ms)
+        : gap_ms_(gap_ms), half_life_ms_(half_life_ms) {
+        check_param(gap_ms, 1, "gap_ms");
+        check_param(half_life_ms, 0, "half_life_ms");
+    }
+
+    std::int64_t gap_ms() const noexcept { return gap_ms_; }
+    std::int64_t half_life_ms() const noexcept { return half_life_ms_; }
+    std::int64_t late() const noexcept { return late_; }
+    std::size_t size() const noexcept { return states_.size(); }
+    std::size_t dirty_count() const noexcept { return states_.dirty_count(); }
+
+    double decay(std::int64_t dt) const noexcept {
+        return std::exp2(-(static_cast<double>(dt) / static_cast<double>(half_life_ms_)));
+    }
+
+    void update_many(const std::string_view *keys, const std::int64_t *ts,
+                     const double *values, const bool *has_value, std::size_t n,
+                     double *out) {
+        constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+        check_ts_range(ts, n);
+        const bool decays = half_life_ms_ > 0;
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::int64_t t = ts[i];
+            const double v = values[i];
+            const bool has = has_value[i];
+            double *row = out + i * kSessionWidth;
+            const std::uint64_t h = key_hash(keys[i]);
+            std::uint32_t e = states_.find(keys[i], h);
+            if (e == States::kNone) {
+                if (has) {
+                    e = states_.insert(keys[i], h);
+                    fresh(states_.entry(e).state, t, v);
+                    states_.mark_dirty(e);
+                    report(states_.entry(e).state, t, nan, row);
+                } else {
+                    empty(nan, row);
+                }
+                continue;
+            }
+            SessionState &st = states_.entry(e).state;
+            if (t < st.start) {
+                ++late_;
+                report(st, st.newest, nan, row);
+            } else if (t >= st.newest) {
+                const double since = static_cast<double>(t - st.newest);
+                if (t - st.newest >= gap_ms_) {
+                    if (has) {
+                        fresh(st, t, v);
+                        states_.mark_dirty(e);
+                        report(st, t, since, row);
+                    } else {
+                        empty(since, row);
+                    }
+                } else if (has) {
+                    if (decays) {
+                        const double f = decay(t - st.newest);
+                        st.dsum = st.dsum * f + v;
+                        st.dweight = st.dweight * f + 1.0;
+                    }
+                    st.m = merge(st.m, single(v));
+                    st.newest = t;
+                    states_.mark_dirty(e);
+                    report(st, t, since, row);
+                } else {
+                    report(st, t, since, row);
+                    if (decays) row[8] = st.dsum * decay(t - st.newest);
+                }
+            } else {
+                if (has) {
+                    if (decays) {
+                        const double f = decay(st.newest - t);
+                        st.dsum = st.dsum + v * f;
+                        st.dweight = st.dweight + f;
+                    }
+                    st.m = merge(st.m, single(v));
+                    states_.mark_dirty(e);
+                }
+                report(st, st.newest, nan, row);
+            }
+        }
+    }
+
+    std::vector<std::size_t> missing(const std::string_view *keys, std::size_t n) const {
+        return states_.missing(keys, n);
+    }
+
+    bool load(std::string_view key, const SessionState &state) {
+        check_loaded_count(state.m.n);
+        const std::uint64_t h = key_hash(key);
+        if (states_.find(key, h) != States::kNone) return false;
+        states_.entry(states_.insert(key, h)).state = state;
+        return true;
+    }
+
+    std::vector<DirtyRow> take_dirty() {
+        std::vector<DirtyRow> rows;
+        rows.reserve(states_.dirty_count());
+        for (const std::uint32_t e : states_.dirty()) {
+            rows.push_back(DirtyRow{states_.entry(e).key, states_.entry(e).state});
+        }
+        states_.clear_dirty();
+        return rows;
+    }
+
+    void clear() { states_.clear(); }
+
+private:
+    using States = KeyedStates<SessionState>;
+
+    void fresh(SessionState &st, std::int64_t t, double v) const noexcept {
+        st.start = t;
+        st.newest = t;
+        st.m = single(v);
+        st.dsum = half_life_ms_ > 0 ? v : 0.0;
+        st.dweight = half_life_ms_ > 0 ? 1.0 : 0.0;
+    }
+
+    void report(const SessionState &st, std::int64_t at, double since, double *row) const noexcept {
+        write_stats(st.m, row);
+        row[6] = since;
+        row[7] = static_cast<double>(at - st.start);
+        if (half_life_ms_ > 0) {
+            row[8] = st.dsum;
+            row[9] = st.dsum / st.dweight;
+        } else {
+            row[8] = 0.0;
+            row[9] = 0.0;
+        }
+    }
+
+    static void empty(double since, double *row) noexcept {
+        for (std::size_t j = 0; j < kSessionWidth; ++j) row[j] = 0.0;
+        row[6] = since;
+    }
+
+    std::int64_t gap_ms_;
+    std::int64_t half_life_ms_;
+    std::int64_t late_ = 0;
+    States states_;
 };
 
 }  // namespace kernels

@@ -127,8 +127,11 @@ def test_package_exports_selected_backend():
     assert ext.hash_strings is backend_mod.hash_strings
     assert ext.SlidingWindow is backend_mod.SlidingWindow
     assert ext.TumblingTable is backend_mod.TumblingTable
+    assert ext.HoppingTable is backend_mod.HoppingTable
+    assert ext.SessionTable is backend_mod.SessionTable
     assert set(ext.__all__) == {
-        "NATIVE", "SlidingWindow", "TumblingTable", "backend_name", "hash_string", "hash_strings",
+        "NATIVE", "HoppingTable", "SessionTable", "SlidingWindow", "TumblingTable", "backend_name",
+        "hash_string", "hash_strings",
     }
     if DISABLE_NATIVE:
         assert not ext.NATIVE

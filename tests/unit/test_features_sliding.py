@@ -4,7 +4,7 @@ The reference recomputes every event's window from the raw events with the
 rules of the streams.features docstring: applied items of the entity with ts
 in (end - size, end], end = the event's ts (its own value included when
 applied), or the entity's newest ts for a late event; ``last`` = the value of
-the item just before the event in (ts, arrival) order, omitted if none.
+the item just before the event in (ts, arrival) order, omitted if none; ``since`` = end - its ts.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ext import _reference as ref
 from streams.features import Windows, WindowSpec
 from tests.unit.ext_backends import assert_bits_equal, require_native
 
-AGGS = ("count", "sum", "mean", "min", "max", "var", "std", "last")
+AGGS = ("count", "sum", "mean", "min", "max", "var", "std", "last", "since")
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -37,7 +37,7 @@ def brute_force(events, size, grace):
         late = k in newest and t < newest[k] - grace
         end = newest[k] if late else t
         items = sorted((tj, j, vj) for (kj, tj, j, vj) in applied if kj == k and end - size < tj <= end)
-        prev = items[-1][2] if items else None
+        prev = items[-1] if items else None
         if not late and v is not None:
             items.append((t, i, v))
             applied.append((k, t, i, v))
@@ -52,7 +52,8 @@ def brute_force(events, size, grace):
         else:
             f = dict.fromkeys(("count", "sum", "mean", "min", "max", "var", "std"), 0.0)
         if prev is not None:
-            f["last"] = prev
+            f["last"] = prev[2]
+            f["since"] = float(end - prev[0])
         out.append((f, late, max((abs(x) for x in xs), default=0.0)))
     return out
 
@@ -66,7 +67,7 @@ def check(got, expected, spec):
             if a not in e:
                 continue
             x, y = g[names[a]], e[a]
-            if a in ("count", "min", "max", "last"):
+            if a in ("count", "min", "max", "last", "since"):
                 assert x == y, (i, a, x, y)
             elif a == "var":
                 assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12 * scale * scale), (i, a, x, y)

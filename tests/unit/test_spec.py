@@ -261,3 +261,75 @@ def test_load_from_path(tmp_path: Path) -> None:
     p.write_text(BASE_TOML.replace('kind = "hoeffding_adaptive_tree"', 'kind = "nope"'))
     with pytest.raises(SpecError, match=str(p)):
         load_spec(p)
+
+
+# -- [[windows]] -----------------------------------------------------------------------
+def _with_windows(*windows: dict[str, Any]) -> dict[str, Any]:
+    d = base()
+    d["windows"] = [dict(w) for w in windows]
+    return d
+
+
+def test_windows_of_every_kind_parse() -> None:
+    s = parse_spec(_with_windows(
+        {"key": "user", "field": "a", "size_ms": 60_000, "aggs": ["count", "sum"]},
+        {"key": "user", "field": "a", "kind": "sliding", "size_ms": 60_000, "grace_ms": 100,
+         "aggs": ["std", "last", "since"]},
+        {"key": "user", "field": "a", "kind": "hopping", "size_ms": 3_600_000, "hop_ms": 600_000,
+         "aggs": ["mean", "distinct"]},
+        {"key": "user", "field": "item", "kind": "hopping", "size_ms": 86_400_000, "hop_ms": 3_600_000,
+         "aggs": ["distinct"], "distinct_exact_max": 200},
+        {"key": "user", "field": "a", "kind": "session", "gap_ms": 1_800_000, "half_life_ms": 600_000,
+         "aggs": ["count", "since", "duration", "decay_sum", "decay_mean"]},
+    ), "t.toml")
+    assert [w.kind for w in s.windows] == ["tumbling", "sliding", "hopping", "hopping", "session"]
+    assert s.model_numeric[2:] == (
+        "a_count_1m_by_user", "a_sum_1m_by_user", "a_std_1m_by_user", "a_last_1m_by_user", "a_since_1m_by_user",
+        "a_mean_1h_by_user", "a_distinct_1h_by_user", "item_distinct_1d_by_user",
+        "a_count_session30m_by_user", "a_since_session30m_by_user", "a_duration_session30m_by_user",
+        "a_decay10m_sum_session30m_by_user", "a_decay10m_mean_session30m_by_user")
+    assert s.windows[3].distinct_exact_max == 200
+
+
+@pytest.mark.parametrize("window,match", [
+    ({"kind": "hopping", "size_ms": 60_000}, "hop_ms > 0"),
+    ({"kind": "hopping", "size_ms": 60_000, "hop_ms": 7_000}, "dividing size_ms"),
+    ({"kind": "hopping", "size_ms": 60_000, "hop_ms": 1}, "exceeds"),
+    ({"kind": "hopping", "size_ms": 60_000, "hop_ms": 6_000, "aggs": ["last"]}, "not supported for hopping"),
+    ({"kind": "hopping", "hop_ms": 6_000}, "missing required key 'size_ms'"),
+    ({"kind": "session"}, "gap_ms > 0"),
+    ({"kind": "session", "gap_ms": 10, "size_ms": 10}, "no size_ms"),
+    ({"kind": "session", "gap_ms": 10, "grace_ms": 10}, "grace_ms is not supported for session"),
+    ({"kind": "session", "gap_ms": 10, "aggs": ["decay_mean"]}, "half_life_ms > 0"),
+    ({"kind": "session", "gap_ms": "10m"}, "gap_ms must be an integer"),
+    ({"kind": "tumbling", "size_ms": 10, "aggs": ["distinct"]}, "not supported for tumbling"),
+    ({"kind": "sliding", "size_ms": 10, "hop_ms": 5}, "hop_ms is for hopping"),
+    ({"kind": "tumbling", "size_ms": 10, "gap_ms": 5}, "gap_ms is for session"),
+    ({"kind": "weekly", "size_ms": 10}, "not supported"),
+    ({"kind": "session", "gap_ms": 10, "aggs": ["median"]}, "unknown aggregation"),
+    ({"kind": "session", "gap_ms": 10, "gap": 10}, "unknown key"),
+])
+def test_bad_windows_are_spec_errors(window: dict[str, Any], match: str) -> None:
+    with pytest.raises(SpecError, match=rf"t\.toml: \[\[windows\]\]: .*{match}"):
+        parse_spec(_with_windows({"key": "user", "field": "a", **window}), "t.toml")
+
+
+def test_window_field_must_be_numeric_only_when_its_value_is_read() -> None:
+    ok = parse_spec(_with_windows(
+        {"key": "user", "field": "c", "kind": "session", "gap_ms": 10, "aggs": ["since", "count", "distinct"]},
+        {"key": "user", "field": "sku", "kind": "hopping", "size_ms": 20, "hop_ms": 10, "aggs": ["distinct"]}))
+    assert [w.field for w in ok.windows] == ["c", "sku"]
+    for window in ({"kind": "session", "gap_ms": 10, "aggs": ["sum"]},
+                   {"kind": "hopping", "size_ms": 20, "hop_ms": 10, "aggs": ["count", "max"]},
+                   {"kind": "sliding", "size_ms": 20, "aggs": ["since"]},
+                   {"kind": "tumbling", "size_ms": 20, "aggs": ["count"]}):
+        with pytest.raises(SpecError, match="must be a numeric feature"):
+            parse_spec(_with_windows({"key": "user", "field": "sku", **window}), "t.toml")
+
+
+def test_colliding_window_names_are_rejected() -> None:
+    doc = _with_windows({"key": "user", "field": "a", "size_ms": 60_000, "aggs": ["sum"]},
+                        {"key": "user", "field": "a", "kind": "hopping", "size_ms": 60_000, "hop_ms": 10_000,
+                         "aggs": ["sum", "mean"]})
+    with pytest.raises(SpecError, match=r"t\.toml: \[\[windows\]\]: feature names collide: \['a_sum_1m_by_user'\]"):
+        parse_spec(doc, "t.toml")
