@@ -130,11 +130,38 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
     return app
 
 
+def tune_gc(gen0: int) -> None:
+    """Collect less often, and never scan what start-up built (modules, the app, the models).
+
+    Why: the hot path allocates thousands of short-lived dicts per batch, and
+    CPython's default (a young collection every 700 allocations, older ones
+    scanning every live object) spent 10-20 % of a worker's time collecting
+   . Reference cycles are
+    rare here, so memory stays bounded with fewer collections; ``gc.freeze``
+    moves start-up objects out of every later scan. ``gen0 = 0``: untouched.
+
+    >>> import gc
+    >>> before = gc.get_threshold()
+    >>> tune_gc(50_000); gc.get_threshold()[0]
+    50000
+    >>> gc.unfreeze(); gc.set_threshold(*before)
+    """
+    import gc
+
+    if gen0 <= 0:
+        return
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0, gen1, gen2)
+
+
 def run_worker(settings: Settings, spec: PipelineSpec | None = None) -> None:
     """Run a worker in this process until SIGTERM/SIGINT."""
     from faust.worker import Worker
 
     app = create_app(settings, spec)
     app.scorer.metrics.serve(settings.metrics_host, settings.metrics_port)
+    tune_gc(settings.gc_gen0)
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
