@@ -96,8 +96,12 @@ session). Values are compared as strings, and numbers by their float value
 values exactly up to ``distinct_exact_max`` (default 1000): the count is
 exact while every bucket of the window holds at most that many. Beyond, the
 bucket becomes an Apache DataSketches HyperLogLog sketch (``lg_k = 12``,
-HLL_4, ~2 KiB) and the count an estimate, read from the registers alone (so it
-does not depend on arrival order or a store round trip): relative standard
+HLL_4, ~2 KiB) and the count an estimate, read from the registers alone (the
+composite estimator; in the sparse modes, the coupon count). The estimate and
+the stored sketch are a canonical image of the union (no HIP accumulator, no
+hash-table order), so neither depends on arrival order, micro-batches, flush
+points or store round trips: a restart from any flush gives the features and
+state bytes of an uninterrupted run. Relative standard
 error about 1.6%, within 5% of the exact count with 99.7% confidence (3
 standard deviations). Distinct counts are computed in Python with the same
 lateness and session rules as the ext tables, for both backends (cheap for the
@@ -153,6 +157,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import struct
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -179,6 +184,8 @@ VALUE_AGGREGATIONS = frozenset({"sum", "mean", "min", "max", "var", "std", "last
 MAX_HOPS = 10_000
 #: distinct: the log2 of the HyperLogLog's register count (4096 registers, HLL_4)
 HLL_LG_K = 12
+#: the current-mode bits (byte 7 & 3) of a compact sketch image in HLL (dense) mode; 0/1: LIST/SET
+_HLL_MODE = 2
 _LIMIT = 2**62
 
 
@@ -515,33 +522,57 @@ def _sketch_of(tokens: Iterable[str]) -> Any:
     return sk
 
 
+def _canonical(parts: Sequence[Any]) -> bytes:
+    """The union of the sketches ``parts`` as a compact HLL_4 image that depends only on the values
+    fed to them: not on their order, on how they were split between sketches, nor on store round trips.
+
+    A sketch's own bytes do not qualify: in the sparse modes (LIST/SET) it lists its coupons in hash
+    table order, which a round trip reshuffles, and in HLL mode it carries the HIP accumulator, which
+    depends on the order the registers rose in (including the coupon order at the SET -> HLL
+    promotion). So the union's result is merged twice into a fresh union (an HLL source merged into
+    an HLL gadget sets the out-of-order flag, zeroes HIP and rebuilds kxq and cur_min from the
+    registers), and a sparse image gets its coupons sorted and one more round trip (which fixes
+    the header and the hash order). The estimate of the image is then a function of the registers
+    (composite estimator) or of the coupon count.
+    """
+    from datasketches import hll_sketch, hll_union, tgt_hll_type
+
+    u = hll_union(HLL_LG_K)
+    for p in parts:
+        u.update(p)
+    merged = u.get_result(tgt_hll_type.HLL_8)
+    u = hll_union(HLL_LG_K)
+    u.update(merged)
+    u.update(merged)
+    img = u.get_result(tgt_hll_type.HLL_4).serialize_compact()
+    if img[7] & 3 != _HLL_MODE:                     # LIST or SET: coupons (uint32) after the preamble
+        pre = img[0] * 4
+        coupons = sorted(struct.unpack_from(f"<{(len(img) - pre) // 4}I", img, pre))
+        img = hll_sketch.deserialize(img[:pre] + struct.pack(f"<{len(coupons)}I", *coupons)).serialize_compact()
+    return img
+
+
 def _distinct_of(parts: Sequence[set[str] | Any]) -> float:
     """Distinct values of the union of ``parts`` (exact sets or sketches): exact when all are sets.
 
-    With a sketch, the estimate comes from a union into which a sketch is merged
-    twice: the union then counts as out of order and uses the estimator on the
-    registers alone, so the result depends only on the values (not their order,
-    nor on a store round trip).
+    With a sketch, the estimate is that of the union's canonical image (:func:`_canonical`), so it
+    depends only on the values (not their order, the micro-batches, flushes or store round trips).
     """
     sets = [p for p in parts if isinstance(p, set)]
     if len(sets) == len(parts):
         return float(len(sets[0]) if len(sets) == 1 else len(set().union(*sets)))
-    from datasketches import hll_union
+    from datasketches import hll_sketch
 
     sketches = [p for p in parts if not isinstance(p, set)]
-    u = hll_union(HLL_LG_K)
-    for sk in sketches:
-        u.update(sk)
     if sets:
-        u.update(_sketch_of(set().union(*sets)))
-    u.update(sketches[0])
-    return float(u.get_estimate())
+        sketches.append(_sketch_of(set().union(*sets)))
+    return float(hll_sketch.deserialize(_canonical(sketches)).get_estimate())
 
 
 def _dump_part(part: set[str] | Any) -> list[str] | str:
     if isinstance(part, set):
         return sorted(part)
-    return base64.b64encode(part.serialize_compact()).decode()
+    return base64.b64encode(_canonical([part])).decode()
 
 
 def _load_part(raw: list[str] | str) -> set[str] | Any:
@@ -633,8 +664,7 @@ class _Distinct:
             self.late += 1
         elif v is not None:
             self._add(st, 2, _token(v))
-            if t > st[1]:
-                st[1] = t
+            st[1] = max(st[1], t)
             self.dirty[key] = None
         return _distinct_of([st[2]])
 

@@ -39,9 +39,13 @@ def features(items, at, start, since, half_life):
     var = math.fsum((x - mean) ** 2 for x in xs) / n
     weights = [2.0 ** (-(at - t) / half_life) for t, _ in items]
     dsum = math.fsum(w * x for w, x in zip(weights, xs))
+    # decay_mean is a ratio: weights relative to the newest item give it without underflow (a value-less
+    # event long after the session has weights 2**-1075 == 0.0 at ``at``, the kernels the undecayed ratio)
+    newest = max(t for t, _ in items)
+    rel = [2.0 ** (-(newest - t) / half_life) for t, _ in items]
     f.update(count=float(n), sum=math.fsum(xs), mean=mean, min=min(xs), max=max(xs), var=var, std=math.sqrt(var),
              duration=float(at - start), distinct=float(len(set(xs))), decay_sum=dsum,
-             decay_mean=dsum / math.fsum(weights))
+             decay_mean=math.fsum(w * x for w, x in zip(rel, xs)) / math.fsum(rel))
     return f, (max(abs(x) for x in xs), math.fsum(w * abs(x) for w, x in zip(weights, xs)))
 
 
