@@ -191,6 +191,7 @@ from types import ModuleType
 __all__ = [
     "NATIVE",
     "HoppingTable",
+    "ScaledLogistic",
     "SessionTable",
     "SlidingWindow",
     "TumblingTable",
@@ -251,6 +252,7 @@ SlidingWindow = _backend.SlidingWindow
 TumblingTable = _backend.TumblingTable
 HoppingTable = _backend.HoppingTable
 SessionTable = _backend.SessionTable
+ScaledLogistic = _backend.ScaledLogistic
 
 
 def backend_name() -> str:

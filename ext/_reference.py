@@ -979,3 +979,112 @@ class SessionTable:
         """Drop all held state; raises RuntimeError if dirty keys were not taken."""
         _clear_checked(self._dirty)
         self._state = {}
+
+
+
+
+# -- online standardised logistic regression ------------------------------------
+class ScaledLogistic:
+    """Pure-Python twin of ``ext/src/linear.hpp``: River's ``StandardScaler() |
+    LogisticRegression(optim.SGD(lr), l2, intercept_lr)`` with an fsum dot, the
+    same operations in the same order."""
+
+    def __init__(self, lr: float, l2: float, intercept_lr: float, clip_gradient: float = 1e12) -> None:
+        self._lr, self._l2, self._intercept_lr, self._clip = float(lr), float(l2), float(intercept_lr), float(clip_gradient)
+        self._index: dict[str, int] = {}
+        self._names: list[str] = []
+        self._counts: list[int] = []
+        self._means: list[float] = []
+        self._vars: list[float] = []
+        self._weights: list[float] = []
+        self._intercept = 0.0
+        self._n_iterations = 0
+
+    def _slots(self, x: dict) -> tuple[list[int], list[float]]:
+        slots, xs = [], []
+        for name, value in x.items():
+            if not isinstance(name, str):
+                raise TypeError(f"feature names must be str, got {type(name).__name__}")
+            s = self._index.get(name)
+            if s is None:
+                s = self._index[name] = len(self._names)
+                self._names.append(name)
+                self._counts.append(0)
+                self._means.append(0.0)
+                self._vars.append(0.0)
+                self._weights.append(0.0)
+            if not isinstance(value, (int, float)):
+                raise TypeError(f"feature {name!r}: a number is needed, got {type(value).__name__}")
+            slots.append(s)
+            xs.append(float(value))
+        return slots, xs
+
+    def _transform(self, slots: list[int], xs: list[float]) -> list[float]:
+        means, vars_ = self._means, self._vars
+        out = []
+        for s, xi in zip(slots, xs):
+            v = vars_[s]
+            if v < 0:      # cannot happen (Welford); the native kernel raises the same
+                raise ValueError("negative number cannot be raised to a fractional power")
+            out.append((xi - means[s]) / v ** 0.5 if v else 0.0)
+        return out
+
+    def _raw_dot(self, slots: list[int], z: list[float]) -> float:
+        w = self._weights
+        return math.fsum(w[s] * zi for s, zi in zip(slots, z)) + self._intercept
+
+    def predict_proba_one(self, x: dict) -> float:
+        slots, xs = self._slots(x)
+        raw = self._raw_dot(slots, self._transform(slots, xs))
+        if raw < -30:
+            return 0.0
+        if raw > 30:
+            return 1.0
+        return 1 / (1 + math.exp(-raw))
+
+    def learn_one(self, x: dict, y: bool) -> None:
+        slots, xs = self._slots(x)
+        counts, means, vars_ = self._counts, self._means, self._vars
+        for s, xi in zip(slots, xs):
+            counts[s] += 1
+            old_mean = means[s]
+            means[s] += (xi - old_mean) / counts[s]
+            vars_[s] += ((xi - old_mean) * (xi - means[s]) - vars_[s]) / counts[s]
+        z = self._transform(slots, xs)
+        raw = self._raw_dot(slots, z)
+        yt = 1 if y else -1
+        zz = raw * yt
+        if zz > 18.0:
+            g = 1.0 * math.exp(-zz) * -yt
+        elif zz < -18.0:
+            g = 1.0 * -yt
+        else:
+            g = 1.0 * -yt / (math.exp(zz) + 1.0)
+        g *= 1.0
+        g = float(max(min(g, self._clip), -self._clip))
+        self._intercept -= self._intercept_lr * g
+        w, l2, lr = self._weights, self._l2, self._lr
+        for s, zi in zip(slots, z):
+            gi = zi * g
+            if l2:
+                gi += w[s] * l2
+            w[s] -= gi * lr
+        self._n_iterations += 1
+
+    def state(self) -> dict:
+        """Plain data: hyper-parameters and per-feature (count, mean, var, weight), slot order."""
+        return {"lr": self._lr, "l2": self._l2, "intercept_lr": self._intercept_lr, "clip_gradient": self._clip,
+                "names": list(self._names), "counts": list(self._counts), "means": list(self._means),
+                "vars": list(self._vars), "weights": list(self._weights), "intercept": self._intercept,
+                "n_iterations": self._n_iterations}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ScaledLogistic":
+        new = cls(state["lr"], state["l2"], state["intercept_lr"], state["clip_gradient"])
+        for name, c, m, v, w in zip(state["names"], state["counts"], state["means"], state["vars"],
+                                    state["weights"], strict=True):
+            new._slots({name: 0.0})
+            s = new._index[name]
+            new._counts[s], new._means[s], new._vars[s], new._weights[s] = int(c), float(m), float(v), float(w)
+        new._intercept, new._n_iterations = float(state["intercept"]), int(state["n_iterations"])
+        return new

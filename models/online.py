@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from models.base import Features
+from models.linear import ScaledLogisticRegression
 
 
 class OnlineModel:
@@ -34,13 +35,17 @@ class OnlineModel:
         return f"{self.name}@{self.n_learned}"
 
     def predict_proba_one(self, x: Features) -> float:
-        return float(self.estimator.predict_proba_one(dict(x)).get(True, 0.0))
+        est = self.estimator
+        if type(est) is ScaledLogisticRegression:     # native; reads x without copying or mutating it
+            return est.proba_true(x)  # type: ignore[arg-type]
+        return float(est.predict_proba_one(dict(x)).get(True, 0.0))
 
     #: the published score: P(y=1) for a classifier
     score_one = predict_proba_one
 
     def learn_one(self, x: Features, y: bool | int) -> None:
-        self.estimator.learn_one(dict(x), bool(y))
+        est = self.estimator
+        est.learn_one(x if type(est) is ScaledLogisticRegression else dict(x), bool(y))
         self.n_learned += 1
 
 

@@ -135,6 +135,10 @@ def _preprocess(numeric: Sequence[str], categorical: Sequence[str]) -> base.Tran
 
 
 def _logistic_regression(p: LogisticRegressionParams, numeric: Sequence[str], categorical: Sequence[str]) -> base.Estimator:
+    if not categorical:   # the native kernel: River's StandardScaler | LogisticRegression, same bits, ~10x faster
+        from models.linear import ScaledLogisticRegression
+
+        return ScaledLogisticRegression(lr=p.lr, l2=p.l2, intercept_lr=p.intercept_lr)  # type: ignore[return-value]
     return _preprocess(numeric, categorical) | LogisticRegression(
         optimizer=optim.SGD(p.lr), l2=p.l2, intercept_lr=p.intercept_lr)
 

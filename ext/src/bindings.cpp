@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "kernels.hpp"
+#include "linear.hpp"
 
 namespace nb = nanobind;
 namespace k = streamscore::kernels;
@@ -476,6 +477,83 @@ std::vector<SessionDirty> session_take_dirty(SessionObj &self) {
     return result;
 }
 
+// ext.ScaledLogistic: River's StandardScaler | LogisticRegression (linear.hpp).
+class ScaledLogisticObj {
+public:
+    ScaledLogisticObj(double lr, double l2, double intercept_lr, double clip_gradient)
+        : m_(lr, l2, intercept_lr, clip_gradient) {}
+
+    double predict_proba_one(nb::dict x) {
+        read(x);
+        return m_.predict_proba(slots_, xs_);
+    }
+
+    void learn_one(nb::dict x, bool y) {
+        read(x);
+        m_.learn(slots_, xs_, y);
+    }
+
+    nb::dict state() const {
+        nb::dict d;
+        d["lr"] = m_.lr();
+        d["l2"] = m_.l2();
+        d["intercept_lr"] = m_.intercept_lr();
+        d["clip_gradient"] = m_.clip_gradient();
+        d["names"] = nb::cast(m_.names());
+        d["counts"] = nb::cast(m_.counts());
+        d["means"] = nb::cast(m_.means());
+        d["vars"] = nb::cast(m_.vars());
+        d["weights"] = nb::cast(m_.weights());
+        d["intercept"] = m_.intercept();
+        d["n_iterations"] = m_.n_iterations();
+        return d;
+    }
+
+    static ScaledLogisticObj from_state(nb::dict st) {
+        ScaledLogisticObj o(nb::cast<double>(st["lr"]), nb::cast<double>(st["l2"]),
+                            nb::cast<double>(st["intercept_lr"]), nb::cast<double>(st["clip_gradient"]));
+        auto names = nb::cast<std::vector<std::string>>(st["names"]);
+        auto counts = nb::cast<std::vector<std::int64_t>>(st["counts"]);
+        auto means = nb::cast<std::vector<double>>(st["means"]);
+        auto vars = nb::cast<std::vector<double>>(st["vars"]);
+        auto weights = nb::cast<std::vector<double>>(st["weights"]);
+        if (counts.size() != names.size() || means.size() != names.size() || vars.size() != names.size() ||
+            weights.size() != names.size())
+            throw nb::value_error("ScaledLogistic state: names, counts, means, vars and weights differ in length");
+        for (std::size_t i = 0; i < names.size(); ++i)
+            o.m_.restore(o.m_.slot(names[i]), counts[i], means[i], vars[i], weights[i]);
+        o.m_.set_intercept(nb::cast<double>(st["intercept"]), nb::cast<std::int64_t>(st["n_iterations"]));
+        return o;
+    }
+
+private:
+    void read(nb::dict x) {
+        slots_.clear();
+        xs_.clear();
+        for (auto item : x) {
+            if (!nb::isinstance<nb::str>(item.first))
+                throw nb::type_error("feature names must be str");
+            const char* name = nb::borrow<nb::str>(item.first).c_str();
+            slots_.push_back(m_.slot(name));
+            PyObject* o = item.second.ptr();
+            double v;
+            if (PyFloat_Check(o)) {
+                v = PyFloat_AS_DOUBLE(o);
+            } else if (PyLong_Check(o)) {
+                v = PyLong_AsDouble(o);
+                if (v == -1.0 && PyErr_Occurred()) throw nb::python_error();
+            } else {
+                throw nb::type_error((std::string("feature '") + name + "': a number is needed").c_str());
+            }
+            xs_.push_back(v);
+        }
+    }
+
+    k::ScaledLogistic m_;
+    std::vector<std::size_t> slots_;
+    std::vector<double> xs_;
+};
+
 }  // namespace
 
 NB_MODULE(_native, m) {
@@ -646,4 +724,14 @@ NB_MODULE(_native, m) {
                    ", dirty=" + std::to_string(self.table.dirty_count()) +
                    ", late=" + std::to_string(self.table.late()) + ")";
         });
+
+    nb::class_<ScaledLogisticObj>(m, "ScaledLogistic",
+        "River's StandardScaler() | LogisticRegression(optim.SGD(lr), l2, intercept_lr) with an fsum dot: "
+        "the same bits (see ext/src/linear.hpp).")
+        .def(nb::init<double, double, double, double>(), nb::arg("lr"), nb::arg("l2"), nb::arg("intercept_lr"),
+             nb::arg("clip_gradient") = 1e12)
+        .def("predict_proba_one", &ScaledLogisticObj::predict_proba_one, nb::arg("x"))
+        .def("learn_one", &ScaledLogisticObj::learn_one, nb::arg("x"), nb::arg("y"))
+        .def("state", &ScaledLogisticObj::state)
+        .def_static("from_state", &ScaledLogisticObj::from_state, nb::arg("state"));
 }
