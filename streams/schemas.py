@@ -107,8 +107,10 @@ class Codec:
             ts = doc[self._ts_f]
         except KeyError:
             return self._decode_checked(doc, key)
-        if type(ts) is not int or not TS_MIN_MS <= ts <= TS_MAX_MS or self._label_f in doc:
+        if type(ts) is not int or not TS_MIN_MS <= ts <= TS_MAX_MS:
             return self._decode_checked(doc, key)
+        if self._label_f in doc:
+            return self._decode_label(doc, key, eid, ts)
         t = type(eid)
         if t is str:
             if not eid:
@@ -150,6 +152,22 @@ class Codec:
             if t is not str and t is not int:
                 return self._decode_checked(doc, key)
         return Decoded("event", eid, kstr, ts, x, None, doc)
+
+    def _decode_label(self, doc: dict[str, Any], key: bytes | None, eid: Any, ts: int) -> Decoded:
+        """The fast path of a well-formed label (string id, int ts, finite number); the rest is checked."""
+        y = doc[self._label_f]
+        ty = type(y)
+        if (type(eid) is not str or not eid or not (ty is int or (ty is float and math.isfinite(y)))
+                or any(f in doc for f in self._numeric)):
+            return self._decode_checked(doc, key)
+        k = doc.get(self._key_f) if self._key_f is not None else None
+        if k is None:
+            kstr = key.decode("utf-8", "replace") if key else ""
+        elif type(k) is str:
+            kstr = k
+        else:
+            return self._decode_checked(doc, key)
+        return Decoded("label", eid, kstr, ts, y=float(y))
 
     def _decode_checked(self, doc: dict[str, Any], key: bytes | None) -> Decoded:
         spec = self.spec
