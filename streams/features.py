@@ -813,42 +813,57 @@ class Windows:
 
     def update_batch(self, events: Sequence[Mapping[str, object]], ts: Sequence[int],
                      load: Callable[[str], bytes | None]) -> list[dict[str, float]]:
-        """Apply events in order (one batch) and return each event's features."""
-        n = len(events)
-        out: list[dict[str, float]] = [{} for _ in range(n)]
-        if not n:
-            return out
-        ts_arr = np.fromiter(ts, dtype=np.int64, count=n)
-        for key_field, field, prefix, table, cols, names, omit in self._plan:
-            if isinstance(table, _Keyed):
-                res = table.update_many([str(e.get(key_field)) for e in events], ts_arr,
-                                        [e.get(field) for e in events], load)
-                self._rows(out, res, cols, names, omit)
-                continue
-            keys = [prefix + str(e.get(key_field)) for e in events]
-            vals = [e.get(field) for e in events]
-            has = np.fromiter((v is not None for v in vals), dtype=np.bool_, count=n)
-            values = np.fromiter((0.0 if v is None else v for v in vals), dtype=np.float64, count=n)
-            if isinstance(table, _Sliding):
-                self._rows(out, table.update_many(keys, ts_arr, values, has, load), cols, names, omit)
-                continue
-            for k in table.missing(keys):
-                raw = load(k)
-                if raw is not None:
-                    table.load(k, *self.decode(raw))
-            rows = table.update_many(keys, ts_arr, values, has)[:, cols].tolist()
-            for o, row in zip(out, rows):
-                o.update(zip(names, row))
-        return out
+        """Apply events in order (one batch) and return each event's features.
 
-    @staticmethod
-    def _rows(out: list[dict[str, float]], res: np.ndarray, cols: list[int], names: tuple[str, ...],
-              omit: list[tuple[int, str]]) -> None:
-        for o, row in zip(out, res[:, cols].tolist()):
-            o.update(zip(names, row))
-        for col, name in omit:                  # "last"/"since" with no previous item: omitted
-            for i in np.flatnonzero(np.isnan(res[:, col])).tolist():
+        Entity keys and values are read from the events once per field, not
+        once per window, and every window's columns are joined into one
+        matrix, so each event's feature dict is built in one go.
+        """
+        n = len(events)
+        if not n:
+            return []
+        ts_arr = np.fromiter(ts, dtype=np.int64, count=n)
+        entity: dict[str, list[str]] = {}
+        raw_values: dict[str, list[object]] = {}
+        numeric: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        blocks: list[np.ndarray] = []
+        all_names: list[str] = []
+        omitted: list[tuple[int, str]] = []            # (column in the joined matrix, feature name)
+        for key_field, field, prefix, table, cols, names, omit in self._plan:
+            base = entity.get(key_field)
+            if base is None:
+                base = entity[key_field] = [str(e.get(key_field)) for e in events]
+            vals = raw_values.get(field)
+            if vals is None:
+                vals = raw_values[field] = [e.get(field) for e in events]
+            if isinstance(table, _Keyed):
+                res = table.update_many(base, ts_arr, vals, load)
+            else:
+                keys = [prefix + k for k in base]
+                num = numeric.get(field)
+                if num is None:
+                    has = np.fromiter((v is not None for v in vals), dtype=np.bool_, count=n)
+                    values = np.fromiter((0.0 if v is None else v for v in vals), dtype=np.float64, count=n)
+                    num = numeric[field] = (values, has)
+                values, has = num
+                if isinstance(table, _Sliding):
+                    res = table.update_many(keys, ts_arr, values, has, load)
+                else:
+                    for k in table.missing(keys):
+                        raw = load(k)
+                        if raw is not None:
+                            table.load(k, *self.decode(raw))
+                    res = table.update_many(keys, ts_arr, values, has)
+            at = len(all_names)
+            omitted += [(at + cols.index(col), name) for col, name in omit]
+            blocks.append(res[:, cols])
+            all_names += names
+        matrix = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
+        out = [dict(zip(all_names, row)) for row in matrix.tolist()]
+        for col, name in omitted:                # "last"/"since" with no previous item: omitted
+            for i in np.flatnonzero(np.isnan(matrix[:, col])).tolist():
                 del out[i][name]
+        return out
 
     def update(self, event: Mapping[str, object], ts: int,
                load: Callable[[str], bytes | None]) -> dict[str, float]:
