@@ -68,9 +68,11 @@ class Settings(BaseSettings):
                           "DIR/PIPELINE/MODEL.pt when it changes (default: STATE_DIR/checkpoints).")
     checkpoint_interval_s: float = Field(30.0, gt=0, description="Least seconds between two saved torch checkpoints of a partition.")
     gc_gen0: int = Field(
-        50_000, ge=0, description="Allocations between two young-generation garbage collections (Python's default: "
-                                  "700; 0: leave the collector as it is). Each batch allocates dicts by the "
-                                  "thousand, and collections scanning them cost 10-20 % of the hot path.")
+        1_000_000, ge=0,
+        description="Net allocations of container objects between two young-generation garbage collections "
+                    "(Python's default: 700; 0: leave the collector as it is). A micro-batch keeps tens of "
+                    "thousands of dicts alive at once; collecting in the middle of batches cost a worker "
+                    "35-40 % of its throughput. Refcounting still frees everything but cycles.")
 
     # Ports and observability
     web_port: int = Field(6066, ge=0, le=65535, description="faust's web port (faust binds it even when disabled): one per process.")
