@@ -179,6 +179,17 @@ may swap the operands of + and *).  The tests compare results bit for bit.
 HoppingTable and SessionTable reuse ``merge``; the decay factor is one call
 of the C library's ``exp2`` in both backends (Python's ``math.exp2`` is that
 function), so decayed sums are bit-identical too on one platform.
+
+``ScaledLogistic(lr, l2, intercept_lr, clip_gradient=1e12)``
+    Online standardised logistic regression, the same bits as River's
+    ``preprocessing.StandardScaler() | linear_model.LogisticRegression(
+    optim.SGD(lr), l2=l2, intercept_lr=intercept_lr)`` with an fsum dot
+    (``models.registry._ExactDot``): ``predict_proba_one(x) -> float`` (P(y=1)
+    with the current statistics), ``learn_one(x, y)`` (the scaler learns x,
+    then the model learns from x scaled by the new statistics), ``state()``
+    (plain data) and ``ScaledLogistic.from_state(state)``. ``x`` maps feature
+    names (str) to numbers; anything else raises ``TypeError``. Wrapped by
+    ``models.linear.ScaledLogisticRegression``.
 """
 
 from __future__ import annotations

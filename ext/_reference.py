@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["HoppingTable", "SessionTable", "SlidingWindow", "TumblingTable", "hash_string", "hash_strings"]
+__all__ = ["HoppingTable", "ScaledLogistic", "SessionTable", "SlidingWindow", "TumblingTable", "hash_string",
+           "hash_strings"]
 
 _FNV_OFFSET_BASIS = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3

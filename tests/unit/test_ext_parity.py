@@ -129,8 +129,9 @@ def test_package_exports_selected_backend():
     assert ext.TumblingTable is backend_mod.TumblingTable
     assert ext.HoppingTable is backend_mod.HoppingTable
     assert ext.SessionTable is backend_mod.SessionTable
+    assert ext.ScaledLogistic is backend_mod.ScaledLogistic
     assert set(ext.__all__) == {
-        "NATIVE", "HoppingTable", "SessionTable", "SlidingWindow", "TumblingTable", "backend_name",
+        "NATIVE", "HoppingTable", "ScaledLogistic", "SessionTable", "SlidingWindow", "TumblingTable", "backend_name",
         "hash_string", "hash_strings",
     }
     if DISABLE_NATIVE:
