@@ -17,6 +17,7 @@ Mann-Whitney AUC with ties inside a bin counted as half.
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any
 
 from river import drift, metrics, utils
@@ -62,15 +63,25 @@ class BinnedROCAUC:
 
 
 class Prequential:
-    """Accuracy, log loss and ROC AUC of probabilities scored before learning."""
+    """Accuracy, log loss and ROC AUC of probabilities scored before learning.
+
+    The figures are River's, bit for bit (``metrics.Accuracy``,
+    ``utils.Rolling(metrics.Accuracy)``, ``metrics.LogLoss``; checked in
+    tests/unit/test_models.py), computed with the same float operations but
+    without River's per-call machinery: three River metrics cost ~2.5 µs per
+    label and model, a tenth of the full pipeline. ADWIN is River's.
+    """
 
     def __init__(self, threshold: float = 0.5, window: int = 1000) -> None:
         self.threshold = threshold
-        self.accuracy = metrics.Accuracy()
-        self.rolling_accuracy = utils.Rolling(metrics.Accuracy, window_size=window)
+        self.window = window
+        self.correct = 0                 # metrics.Accuracy: correct / n
+        self.recent: deque[bool] = deque()   # utils.Rolling(metrics.Accuracy, window)
+        self.recent_correct = 0
         self.drift = drift.ADWIN()     # on the 0/1 error stream: a change in error rate is concept drift
         self.drifts = 0
-        self.log_loss = metrics.LogLoss()
+        self.loss_n = 0.0                # metrics.LogLoss: stats.Mean of the clamped log loss
+        self.loss_mean = 0.0
         self.roc_auc = BinnedROCAUC()
         self.n = 0
         #: log loss of the constant predictor "rate of positives so far" (a KT estimate):
@@ -78,14 +89,33 @@ class Prequential:
         self.positives = 0
         self.baseline_loss = 0.0
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Snapshots written before the River metrics were inlined carry those objects: convert them."""
+        if "accuracy" in state:
+            acc, rolling, ll = state.pop("accuracy"), state.pop("rolling_accuracy"), state.pop("log_loss")
+            state["correct"] = round(acc.cm.total_true_positives)
+            state["window"] = rolling.window_size
+            state["recent"] = deque(args[0] == args[1] for args, _ in rolling.window)   # ((y, pred), kwargs)
+            state["recent_correct"] = sum(state["recent"])
+            state["loss_n"], state["loss_mean"] = ll._mean.n, ll._mean._mean
+        self.__dict__.update(state)
+
     def update(self, y: bool | int, p_true: float) -> None:
         y = bool(y)
-        self.accuracy.update(y, p_true > self.threshold)  # a tie is class 0, as River's argmax
-        self.rolling_accuracy.update(y, p_true > self.threshold)
-        self.drift.update(float((p_true > self.threshold) != y))
+        right = (p_true > self.threshold) == y          # a tie is class 0, as River's argmax
+        self.correct += right
+        recent = self.recent
+        if len(recent) == self.window:
+            self.recent_correct -= recent.popleft()
+        recent.append(right)
+        self.recent_correct += right
+        self.drift.update(0.0 if right else 1.0)
         if self.drift.drift_detected:
             self.drifts += 1
-        self.log_loss.update(y, {True: p_true, False: 1.0 - p_true})
+        p = max(min(p_true, 1 - 1e-15), 1e-15)         # LogLoss._clamp_proba
+        x = -math.log(p) if y else -math.log(1 - p)
+        self.loss_n += 1.0                              # stats.Mean.update, w = 1
+        self.loss_mean += (1.0 / self.loss_n) * (x - self.loss_mean)
         self.roc_auc.update(y, p_true)
         base = (self.positives + 0.5) / (self.n + 1.0)
         self.baseline_loss += -math.log(base if y else 1.0 - base)
@@ -95,8 +125,8 @@ class Prequential:
     def get(self) -> dict[str, float]:
         return {
             "n": self.n,
-            "accuracy": float(self.accuracy.get()),
-            "log_loss": float(self.log_loss.get()),
+            "accuracy": self.correct / self.n if self.n else 0.0,
+            "log_loss": self.loss_mean,
             "roc_auc": float(self.roc_auc.get()),
             "baseline_log_loss": self.baseline_loss / self.n if self.n else 0.0,
         }
@@ -105,7 +135,7 @@ class Prequential:
         """Plain data from which several partitions' figures merge exactly (see :func:`merge`)."""
         return {
             **self.get(),
-            "rolling_accuracy": float(self.rolling_accuracy.get()),
+            "rolling_accuracy": self.recent_correct / len(self.recent) if self.recent else 0.0,
             "drifts": self.drifts,
             "auc_pos": {str(i): c for i, c in enumerate(self.roc_auc.pos) if c},   # JSON: string keys
             "auc_neg": {str(i): c for i, c in enumerate(self.roc_auc.neg) if c},

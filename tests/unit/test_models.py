@@ -295,3 +295,55 @@ def test_adwin_counts_a_change_in_error_rate_and_not_a_stable_one() -> None:
         shifted.update(y, 0.9 if (y if right else not y) else 0.1)
     assert shifted.state()["drifts"] >= 1
     assert stable.state()["drifts"] == 0
+
+
+# -- Prequential: River's figures, without River's per-call cost ---------------------------
+def test_prequential_equals_river_metrics_bit_for_bit():
+    import random
+
+    from river import drift, metrics, utils
+
+    from models.evaluate import Prequential
+
+    rnd = random.Random(11)
+    p = Prequential(window=50)
+    acc, roll, ll, adwin = metrics.Accuracy(), utils.Rolling(metrics.Accuracy, window_size=50), metrics.LogLoss(), \
+        drift.ADWIN()
+    drifts = 0
+    for i in range(5000):
+        y = rnd.random() < (0.2 if i < 2500 else 0.7)          # a drift half-way
+        s = rnd.choice([0.0, 1.0, 0.5, 1e-20, 1 - 1e-17, rnd.random()])
+        p.update(y, s)
+        acc.update(y, s > 0.5)
+        roll.update(y, s > 0.5)
+        ll.update(y, {True: s, False: 1.0 - s})
+        adwin.update(float((s > 0.5) != y))
+        drifts += adwin.drift_detected
+        st = p.state()
+        assert (st["accuracy"], st["rolling_accuracy"], st["log_loss"]) == (acc.get(), roll.get(), ll.get())
+    assert p.drifts == drifts > 0
+
+
+def test_prequential_snapshots_from_the_river_metrics_version_load():
+    import pickle
+
+    from river import drift, metrics, utils
+
+    from models.evaluate import BinnedROCAUC, Prequential
+
+    old = {"threshold": 0.5, "accuracy": metrics.Accuracy(), "drift": drift.ADWIN(), "drifts": 0,
+           "rolling_accuracy": utils.Rolling(metrics.Accuracy, window_size=3), "log_loss": metrics.LogLoss(),
+           "roc_auc": BinnedROCAUC(), "n": 0, "positives": 0, "baseline_loss": 0.0}
+    new = Prequential(window=3)
+    for y, s in [(1, 0.9), (0, 0.7), (1, 0.2), (1, 0.8), (0, 0.1)]:
+        new.update(y, s)
+        old["accuracy"].update(bool(y), s > 0.5)
+        old["rolling_accuracy"].update(bool(y), s > 0.5)
+        old["log_loss"].update(bool(y), {True: s, False: 1 - s})
+    restored = Prequential.__new__(Prequential)
+    restored.__setstate__(pickle.loads(pickle.dumps(old)))
+    assert restored.correct == new.correct and list(restored.recent) == list(new.recent)
+    assert (restored.loss_n, restored.loss_mean) == (new.loss_n, new.loss_mean)
+    restored.update(1, 0.6)
+    new.update(1, 0.6)
+    assert restored.state()["rolling_accuracy"] == new.state()["rolling_accuracy"]
