@@ -203,6 +203,15 @@ def _assigned(s: Settings) -> float:
         return 0.0
 
 
+def proc_status_mib(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of a live process from ``/proc/PID/status`` in MiB (``VmRSS``, ``VmHWM``: peak RSS)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0     # kB
+    raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
 # -- stream helpers -----------------------------------------------------------------
 def stream_ids(path: Path, spec_name: str) -> tuple[set[str], int, list[dict[str, Any]]]:
     """(event ids, records on the labels topic, a probe set of feature dicts) of a stream file."""
@@ -223,6 +232,34 @@ def stream_ids(path: Path, spec_name: str) -> tuple[set[str], int, list[dict[str
     return ids, labels, probe
 
 
+def numeric_probe(probe: list[dict[str, Any]], spec_name: str) -> list[dict[str, Any]]:
+    """The probe set of :func:`stream_ids` reduced to the spec's numeric features, as floats.
+
+    For pipelines whose River model is scored on these features only (elec2's
+    linear model refuses a string such as ``event_id``): ``compare_snapshot``
+    falls back to the probe whenever two snapshots' pickle bytes differ, and
+    they can differ between processes while the models are equal.
+    """
+    spec = load_spec(spec_name)
+    return [{f: float(v[f]) for f in spec.numeric if f in v} for v in probe]
+
+
+def split_stream(path: Path, fractions: Iterable[float]) -> list[Path]:
+    """Cut a recorded stream file at ``fractions`` of its lines: ``PATH.partN`` files, in order.
+
+    For runs that replay a stream in parts with a fault in between (e.g. a
+    broker restart); a cut can fall between an event and its inline label.
+    """
+    lines = path.read_bytes().splitlines(keepends=True)
+    cuts = [0, *(int(f * len(lines)) for f in sorted(fractions)), len(lines)]
+    parts = []
+    for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        part = path.with_name(f"{path.name}.part{i}")
+        part.write_bytes(b"".join(lines[a:b]))
+        parts.append(part)
+    return parts
+
+
 # -- state ----------------------------------------------------------------------------
 def state_dir(s: Settings, partition: int) -> Path:
     spec = load_spec(s.pipeline)
@@ -240,16 +277,24 @@ def dump_store(path: Path) -> dict[bytes, bytes]:
 
 
 def deep_equal(a: Any, b: Any, where: str = "") -> list[str]:
-    """Differences between two nested structures; tensors compared with ``torch.equal``."""
+    """Differences between two nested structures; tensors and arrays equal when the same bits.
+
+    NaN equals NaN in the same place: a missing feature is NaN in the torch
+    model's buffered examples, and ``torch.equal`` alone says a tensor holding
+    one differs from itself.
+    """
     import numpy as np
     import torch
 
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         ok = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
-            and a.dtype == b.dtype and torch.equal(a, b)
+            and a.dtype == b.dtype and (torch.equal(a, b) or (
+                a.is_floating_point() and bool(torch.equal(a.isnan(), b.isnan()))
+                and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))))
         return [] if ok else [where]
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return [] if np.array_equal(a, b) else [where]
+        equal_nan = all(isinstance(v, np.ndarray) and v.dtype.kind == "f" for v in (a, b))
+        return [] if np.array_equal(a, b, equal_nan=equal_nan) else [where]
     if isinstance(a, dict) and isinstance(b, dict):
         if set(a) != set(b):
             return [f"{where}: keys {sorted(map(str, set(a) ^ set(b)))}"]
