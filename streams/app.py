@@ -122,8 +122,8 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
         "queued.min.messages": 20_000,
         # the embedded broker answers an empty fetch only when fetch.wait.max.ms
         # expires (500 ms by default): that wait is the latency floor of a worker
-        # that keeps up, so keep it short
-        "fetch.wait.max.ms": 5,
+        # that keeps up, so keep it short (but see Settings.fetch_wait_ms for s3://)
+        "fetch.wait.max.ms": settings.fetch_wait_ms,
     })
     _faust_hooks.install(app, scorer.batch_topics, scorer.handle, rk_config=rk_config,
                          poll_max=settings.batch_max)

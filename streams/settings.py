@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     fetcher: Literal["librdkafka", "aiokafka"] = Field(
         "librdkafka", description="Who fetches the events/labels records: librdkafka (fast) or faust's aiokafka.")
     batch_max: int = Field(10_000, ge=1, description="Most records handed over per fetch (micro-batch bound; split by partition).")
+    fetch_wait_ms: int = Field(
+        5, ge=1, le=60_000,
+        description="Most milliseconds the broker may hold a fetch of the events/labels topics (librdkafka "
+                    "fetch.wait.max.ms): the latency floor of a worker that keeps up. Use >= 500 with an "
+                    "embedded broker on s3:// storage: it answers a fetch with no records when reading a "
+                    "partition's batches takes longer, and a worker would never get further.")
     commit_interval_s: float = Field(1.0, gt=0, description="Seconds between offset commits (outputs and state are flushed first).")
     max_event_bytes: int = Field(1_000_000, ge=1, description="Larger records go to the dlq as 'oversized'.")
     state_dir: Path = Field(Path("state"), description="Directory of the RocksDB state stores.")
