@@ -79,11 +79,11 @@ def test_a_worker_joining_mid_stream_loses_nothing(make_settings, tmp_path):
         wait_ready(s, a, tmp_path / "a.log")
         n = 6000
 
-        def paced() -> None:                             # ~10 s of traffic, 100 events every 0.17 s
-            for lo in range(0, n, 100):
+        def paced() -> None:                             # ~20 s of traffic, 100 events every 0.33 s
+            for lo in range(0, n, 100):                  # (a second worker takes ~5-10 s to join on a busy box)
                 produce(s, [event(i) for i in range(lo, lo + 100)],
                         keys=[f"user{i % 97}".encode() for i in range(lo, lo + 100)])
-                time.sleep(0.17)
+                time.sleep(0.33)
 
         t = threading.Thread(target=paced)
         t.start()
