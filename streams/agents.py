@@ -76,10 +76,11 @@ class BatchScorer:
     def producer(self) -> Producer:
         if self._producer is None:
             # delivery reports only for failures: _on_delivery records errors (a failed flush
-            # stops the commit), and a Python callback per delivered record cost ~1 µs each
+            # stops the commit), and a Python callback per delivered record cost ~1 µs each;
+            # set once here, not per produce call (~0.25 µs per record)
             self._producer = Producer(self.settings.producer_config(
                 **{"client.id": f"{self.settings.app_id}-out", "enable.idempotence": False,
-                   "delivery.report.only.error": True}))
+                   "delivery.report.only.error": True, "on_delivery": self._on_delivery}))
         return self._producer
 
     @property
@@ -182,13 +183,12 @@ class BatchScorer:
         outputs = proc.process(logical, records)
         produce = self.producer.produce
         topics = self._topics
-        cb = self._on_delivery
         for o in outputs:
             try:
-                produce(topics[o.topic], o.value, o.key, partition=partition, on_delivery=cb)
+                produce(topics[o.topic], o.value, o.key, partition)
             except BufferError:
                 self.producer.poll(0.1)
-                produce(topics[o.topic], o.value, o.key, partition=partition, on_delivery=cb)
+                produce(topics[o.topic], o.value, o.key, partition)
         self.producer.poll(0)
         self._count(logical, len(records), proc, time.perf_counter() - t0)
         if time.monotonic() - self._last_metrics >= self.settings.metrics_interval_s:
