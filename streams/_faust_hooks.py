@@ -173,6 +173,8 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
     async def _drain_messages(self, fetcher: Any) -> None:  # noqa: C901
         from streams.processor import Record
 
+        new = tuple.__new__       # Record from a tuple in C; Record(...) runs Python code per record
+
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         batch_topics = self.batch_topics
@@ -217,7 +219,7 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
                     b = batches.get(key)
                     if b is None:
                         b = batches[key] = []
-                    b.append(Record(m.offset(), m.key(), m.value(), m.timestamp()[1]))
+                    b.append(new(Record, (m.offset(), m.key(), m.value(), m.timestamp()[1])))
                 for (topic, partition), recs in batches.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
                         break     # a rebalance began while we were handling: its owner re-reads the rest

@@ -80,6 +80,10 @@ class Record(NamedTuple):
     timestamp: int          # Kafka record timestamp, epoch ms
 
 
+#: ``_new(Output, (topic, key, value))``: a NamedTuple built in C (its ``__new__`` is Python code)
+_new = tuple.__new__
+
+
 class Output(NamedTuple):
     """A record to publish: logical topic, key, value."""
 
@@ -346,7 +350,7 @@ class PartitionProcessor:
             doc = {"event_id": eid, "key": d.key, "ts": d.ts, "features": feats}
         pred = self._dumps(doc)
         self.store.put("p:" + eid, pred)
-        out.append(Output("predictions", rec.key, pred))
+        out.append(_new(Output, ("predictions", rec.key, pred)))
         stats.predictions += 1
         if rec.timestamp:
             stats.latencies_s.append(self.clock() - rec.timestamp / 1000.0)  # type: ignore[union-attr]

@@ -69,6 +69,11 @@ class Decoded(NamedTuple):
     detail: str = ""
 
 
+#: ``_new(Decoded, fields)`` builds a Decoded from a tuple of all its fields in C; the
+#: NamedTuple's own ``__new__`` is a Python function (~0.25 µs, per record on the hot path)
+_new = tuple.__new__
+
+
 def _err(reason: Reason, detail: str) -> Decoded:
     return Decoded("error", reason=reason.value, detail=detail)
 
@@ -151,7 +156,7 @@ class Codec:
             t = type(doc.get(f))
             if t is not str and t is not int:
                 return self._decode_checked(doc, key)
-        return Decoded("event", eid, kstr, ts, x, None, doc)
+        return _new(Decoded, ("event", eid, kstr, ts, x, None, doc, "", ""))
 
     def _decode_label(self, doc: dict[str, Any], key: bytes | None, eid: Any, ts: int) -> Decoded:
         """The fast path of a well-formed label (string id, int ts, finite number); the rest is checked."""
@@ -167,7 +172,7 @@ class Codec:
             kstr = k
         else:
             return self._decode_checked(doc, key)
-        return Decoded("label", eid, kstr, ts, y=float(y))
+        return _new(Decoded, ("label", eid, kstr, ts, None, float(y), None, "", ""))
 
     def _decode_checked(self, doc: dict[str, Any], key: bytes | None) -> Decoded:
         spec = self.spec
