@@ -48,8 +48,15 @@ def second_worker(s: Settings) -> Settings:
     return s.model_copy(update={"web_port": free_port(), "metrics_port": free_port()})
 
 
-def settled(reader: OutputReader, quiet_s: float = 3.0) -> Callable[[], bool]:
+def settled(reader: OutputReader, quiet_s: float = 8.0) -> Callable[[], bool]:
     """A condition: no new prediction record (answers and re-answers) for ``quiet_s`` seconds.
+
+    8 s: longer than the session timeout of the test workers (6 s). A killed
+    worker's group membership expires only then, and the rebalance it causes
+    makes the new owner re-read from the committed offsets: with 3 s of quiet
+    the labels could start before that re-read, which then scored an
+    unflushed event again with models the labels had trained (seen once in
+    CI: elec2_deep, 600 stored predictions unlike the published ones).
 
     Waiting for this (not only for every event to have an answer) before the
     labels are replayed matters after a kill: an answer the killed worker
