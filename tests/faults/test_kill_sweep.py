@@ -123,7 +123,7 @@ def reference(cases: Any, case: Case, partitions: int) -> tuple[Run, dict[int, d
         "open bug (2026-11-26): in 2 of 2 clean-clone CI runs the worker started after the second kill "
         "re-scored the events after the committed offset (765 of them) differently from the killed worker; "
         "passes 8 of 8 locally, and a processor-level crash/restore of elec2_deep reproduces its scores "
-        "exactly (/tmp-free repro still to write): kept visible, not hidden; see the closing note"))),
+        "exactly; under investigation"))),
 ], ids=["retail-p1-50", "retail-p2-30+70", "elec2deep-p1-25+60"])   # 5 kill points per run
 def test_kill_and_restart_matches_uninterrupted_run(cases, pipeline, partitions, kill_at):
     case = cases(pipeline)
