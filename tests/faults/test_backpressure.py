@@ -137,7 +137,7 @@ def drain(broker_bootstrap: str, root: Path, backlog_passes: int) -> dict[str, f
 
 
 def check(r: dict[str, float], backlog_passes: int) -> None:
-    assert r["max_lag"] >= 0.5 * r["records"], f"no real backlog formed at the worker: {r}"
+    assert r["max_lag"] >= 0.5 * r["events"], f"no real backlog formed at the worker: {r}"   # lag of labels lags
     assert r["predictions"] == r["events"] and r["dlq"] == 0, r                  # every event scored once
     assert r["batches_le_max"] == r["batches"], f"a micro-batch exceeded batch_max={BATCH_MAX}: {r}"
     assert r["batches"] >= r["records"] / BATCH_MAX, r
