@@ -10,6 +10,7 @@ offsets committed (faust).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -22,6 +23,8 @@ from confluent_kafka import KafkaException, Producer
 
 from models import persistence
 from models.registry import BATCH_KINDS
+from streams.broker import create_topics
+from streams.changelog import CHANGELOG_CONFIG, Changelog
 from streams.metrics import Metrics
 from streams.processor import PartitionProcessor
 from streams.settings import Settings
@@ -66,6 +69,14 @@ class BatchScorer:
         self._saved_versions: dict[tuple[int, str], str] = {}
         self._last_poll = -1e9                      # poll the deployed checkpoints at the first batch
         self._last_save = time.monotonic()
+        self.changelog: Changelog | None = None
+        self._opening: dict[int, asyncio.Future[None]] = {}      # partition -> its recovery in progress
+        if settings.changelog:
+            self.changelog = Changelog(
+                settings.changelog_topic(spec.name),
+                settings.producer_config(**{"client.id": f"{settings.app_id}-changelog"}),
+                settings.consumer_config(group=f"{settings.app_id}-changelog-restore",
+                                         **{"client.id": f"{settings.app_id}-restore"}))
         self.metrics.bind(self)  # lag and state size read at scrape time; build info
 
     @property
@@ -94,10 +105,71 @@ class BatchScorer:
         return (self.settings.state_dir / self.settings.app_id / self.spec.name
                 / f"{self._topics['events']}-{partition}")
 
-    def processor(self, partition: int) -> PartitionProcessor:
+    def create_changelog_topic(self) -> None:
+        """Create the changelog topic (compacted, a partition per input partition) if it is missing."""
+        if self.changelog is not None:
+            create_topics(self.settings.broker, {self.changelog.topic: self.settings.partitions},
+                          config=CHANGELOG_CONFIG, client_config=self.settings.kafka_client_config())
+
+    def open_stores(self, partitions: Iterable[int]) -> dict[int, PartitionStore]:
+        """The partitions' local stores, brought up to date from the changelog (when there is one).
+
+        All partitions are recovered in one read of the changelog: a worker
+        given four partitions waits for the longest one, not for the sum.
+        """
+        stores = {p: PartitionStore(self.state_path(p)) for p in partitions}
+        if self.changelog is not None and stores:
+            try:
+                recoveries = self.changelog.recover_many(stores)
+            except BaseException:
+                for st in stores.values():
+                    st.close()
+                raise
+            for rec in recoveries.values():
+                self.metrics.changelog_restored.inc(rec.applied)
+                self.metrics.changelog_recovery.observe(rec.seconds)
+        return stores
+
+    def open_store(self, partition: int) -> PartitionStore:
+        return self.open_stores([partition])[partition]
+
+    async def open_partitions(self, partitions: Iterable[int]) -> None:
+        """Open (recover) the processors of ``partitions`` off the event loop; wait for those being opened.
+
+        Called when partitions are assigned, and by :meth:`handle` for a
+        partition it has no processor for. One recovery per partition at a
+        time: a second caller waits for the first's.
+        """
+        wanted = set(partitions)
+        todo = sorted(p for p in wanted if p not in self.processors and p not in self._opening)
+        if todo:
+            async def run() -> None:
+                stores = await asyncio.get_running_loop().run_in_executor(None, self.open_stores, todo)
+                for p, store in stores.items():
+                    self.processor(p, store)
+
+            task = asyncio.ensure_future(run())
+            for p in todo:
+                self._opening[p] = task
+
+            def done(t: asyncio.Future[None]) -> None:
+                for p in todo:
+                    if self._opening.get(p) is t:
+                        del self._opening[p]
+            task.add_done_callback(done)
+        await self.opened(wanted)
+
+    async def opened(self, partitions: Iterable[int]) -> None:
+        """Wait for the recoveries in progress of ``partitions`` (if any)."""
+        waits = {self._opening[p] for p in partitions if p in self._opening}
+        if waits:
+            await asyncio.gather(*waits)
+
+    def processor(self, partition: int, store: PartitionStore | None = None) -> PartitionProcessor:
         proc = self.processors.get(partition)
         if proc is None:
-            proc = PartitionProcessor(self.spec, PartitionStore(self.state_path(partition)), partition,
+            store = store if store is not None else self.open_store(partition)
+            proc = PartitionProcessor(self.spec, store, partition,
                                       max_event_bytes=self.settings.max_event_bytes,
                                       snapshot_key=self.snapshot_key, device=self.settings.device)
             self.processors[partition] = proc
@@ -179,7 +251,10 @@ class BatchScorer:
         if highwater is not None and records:
             self.lag[(logical, partition)] = max(0, highwater - records[-1].offset - 1)
         self.poll_checkpoints()
-        proc = self.processor(partition)
+        proc = self.processors.get(partition)
+        if proc is None:       # normally opened at assignment; recovery runs off the event loop
+            await self.open_partitions([partition])
+            proc = self.processors[partition]
         outputs = proc.process(logical, records)
         produce = self.producer.produce
         topics = self._topics
@@ -241,8 +316,21 @@ class BatchScorer:
             self.producer.produce(self._topics["metrics"], orjson.dumps(doc), self.worker_id.encode())
         self.producer.poll(0)
 
-    def flush(self, partitions: Iterable[int] | None = None, timeout: float = 30.0) -> None:
-        """Deliver every output, then write state. Raises :class:`DeliveryError` on loss."""
+    def flush(self, partitions: Iterable[int] | None = None, timeout: float | None = None) -> None:
+        """Deliver every output and changelog record, then write state. Raises :class:`DeliveryError` on loss.
+
+        On an error nothing is written locally: the pending state stays
+        pending and is sent again by the next flush, and faust commits no
+        offset past the records it covers.
+        """
+        if timeout is None:      # every record is delivered or has failed by then (message.timeout.ms)
+            timeout = self.settings.delivery_timeout_s + 5.0
+        procs = [proc for p in (self.processors if partitions is None else partitions)
+                 if (proc := self.processors.get(p)) is not None]
+        for proc in procs:
+            proc.prepare()
+            if self.changelog is not None:
+                proc.store.staged(self.changelog.send(proc.partition, proc.store.dirty_items()))
         if self._producer is not None:
             left = self._producer.flush(timeout)
             if left:
@@ -250,10 +338,10 @@ class BatchScorer:
         if self._delivery_errors:
             errs, self._delivery_errors = self._delivery_errors, []
             raise DeliveryError(f"{len(errs)} output records failed: {errs[:3]}")
-        for p in (self.processors if partitions is None else partitions):
-            proc = self.processors.get(p)
-            if proc is not None:
-                proc.flush()
+        if self.changelog is not None and (errs := self.changelog.flush(timeout)):
+            raise DeliveryError(f"changelog records not delivered: {errs[:3]}")
+        for proc in procs:
+            proc.store.flush()
         self.save_checkpoints()
 
     def close(self, partitions: Iterable[int] | None = None) -> None:
@@ -270,3 +358,5 @@ class BatchScorer:
             proc = self.processors.pop(p, None)
             if proc is not None:
                 proc.close()
+        if partitions is None and self.changelog is not None:
+            self.changelog.close()

@@ -108,11 +108,14 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
         parts = {tp.partition for tp in revoked if tp.topic in scorer.batch_topics}
+        await scorer.opened(parts)        # a recovery in progress finishes before its store is closed
         scorer.close(parts)
         scorer.metrics.assigned.set(0)
 
     @app.on_partitions_assigned.connect
     async def _assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        # recover every assigned partition's state now, together: "assigned" on /metrics means ready
+        await scorer.open_partitions({tp.partition for tp in assigned if tp.topic in scorer.batch_topics})
         scorer.metrics.assigned.set(sum(1 for tp in assigned if tp.topic == events_topic))
 
     app.sensors.add(CommitSensor(scorer))
@@ -164,6 +167,7 @@ def run_worker(settings: Settings, spec: PipelineSpec | None = None) -> None:
     from faust.worker import Worker
 
     app = create_app(settings, spec)
+    app.scorer.create_changelog_topic()
     app.scorer.metrics.serve(settings.metrics_host, settings.metrics_port)
     tune_gc(settings.gc_gen0)
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)

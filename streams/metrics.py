@@ -220,6 +220,14 @@ class Metrics:
         self.drifts = Counter("streamscore_model_drift_detections",
                               "Concept drifts detected by ADWIN on a model's prequential error stream.",
                               ["model"], registry=r)
+        self.changelog_restored = Counter(
+            "streamscore_state_changelog_restored_records",
+            "State records read back from the changelog topic when a partition was opened (recovery).",
+            registry=r)
+        self.changelog_recovery = Histogram(
+            "streamscore_state_changelog_recovery_seconds",
+            "Seconds to bring one partition's state up to date from its changelog.",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300), registry=r)
         self.checkpoint_swaps = Counter("streamscore_model_checkpoint_swaps",
                                         "Torch checkpoints hot-swapped into this worker.", ["model"], registry=r)
         self.rule_hits = Counter("streamscore_rule_hits", "Events a rule matched, by rule name.", ["rule"],

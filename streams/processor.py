@@ -601,6 +601,15 @@ class PartitionProcessor:
         together, so after a crash they agree with each other and with the
         committed offsets (which faust writes only after this).
         """
+        self.prepare()
+        return self.store.flush()
+
+    def prepare(self) -> None:
+        """Put everything held in memory (open events, windows, snapshots) into the store's pending writes.
+
+        A worker calls this, sends the pending writes to the changelog, waits
+        for delivery, and only then writes the store (``store.flush``).
+        """
         for eid, (doc, _) in self._open.items():
             self.store.put("e:" + eid, self._dumps(doc))
         self._open.clear()
@@ -614,7 +623,6 @@ class PartitionProcessor:
                     self.store.put("w:" + kind, str(wm).encode())
         if self.snapshot_key is not None and self._learned_since_snapshot:
             self._snapshot()
-        return self.store.flush()
 
     def close(self) -> None:
         self.store.close()

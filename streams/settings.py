@@ -60,8 +60,19 @@ class Settings(BaseSettings):
                     "embedded broker on s3:// storage: it answers a fetch with no records when reading a "
                     "partition's batches takes longer, and a worker would never get further.")
     commit_interval_s: float = Field(1.0, gt=0, description="Seconds between offset commits (outputs and state are flushed first).")
+    delivery_timeout_s: float = Field(
+        300.0, gt=0,
+        description="Seconds a produced output or changelog record may wait for the broker (librdkafka "
+                    "message.timeout.ms). A commit waits this long for its outputs: a broker outage shorter "
+                    "than this delays commits; a longer one fails the delivery and stops the worker "
+                    "(its supervisor restarts it) without losing anything.")
     max_event_bytes: int = Field(1_000_000, ge=1, description="Larger records go to the dlq as 'oversized'.")
     state_dir: Path = Field(Path("state"), description="Directory of the RocksDB state stores.")
+    changelog: bool = Field(
+        True, description="Mirror every partition's state to a compacted changelog topic (APP_ID-PIPELINE-changelog, "
+                          "created by the worker) and recover from it when a partition is opened, so a partition "
+                          "can move to a worker on another machine. Off: state lives only in STATE_DIR. Workers on "
+                          "several machines also need the same --snapshot-key.")
     snapshot_key: SecretStr | None = Field(
         None, description="HMAC key of model snapshots (default: a random key file in the state directory).")
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -101,6 +112,14 @@ class Settings(BaseSettings):
         if logical not in TOPICS:
             raise ValueError(f"unknown logical topic {logical!r}; expected one of {TOPICS}")
         return self.topic_prefix + logical
+
+    def changelog_topic(self, pipeline: str) -> str:
+        """The state changelog topic of ``pipeline`` under this app id (streams/changelog.py).
+
+        >>> Settings(topic_prefix="t1-", app_id="fraud").changelog_topic("elec2")
+        't1-fraud-elec2-changelog'
+        """
+        return f"{self.topic_prefix}{self.app_id}-{pipeline}-changelog"
 
     def logical_topic(self, actual: str) -> str:
         """Inverse of :meth:`topic` (returns ``actual`` if it has no known name)."""
@@ -153,6 +172,7 @@ class Settings(BaseSettings):
             "queue.buffering.max.messages": 1_000_000,
             "compression.type": "none",
             "acks": "all",
+            "message.timeout.ms": int(self.delivery_timeout_s * 1000),
             # a dead letter carries the whole bad record (base64 at worst: 4/3 of it) plus the reason
             "message.max.bytes": max(1_000_000, self.max_event_bytes * 4 // 3 + 65_536),
         }

@@ -18,11 +18,16 @@ commits offsets (commit order: outputs -> state -> offsets). Values are bytes
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
 
 _DELETED = object()
+
+#: Where a store keeps the changelog offset it includes (streams/changelog.py); sorts before every
+#: state key, and no prefix scan of state keys ("p:", "w...") can reach it.
+CHANGELOG_OFFSET = b"\x00changelog-offset"
 
 
 class PartitionStore:
@@ -38,6 +43,7 @@ class PartitionStore:
         opts.set_block_based_table_factory(table)
         self._db = Rdict(str(self.path), options=opts)
         self._dirty: dict[bytes, object] = {}
+        self._staged: int | None = None       # changelog records sent for the dirty keys, not yet written
 
     def get(self, key: str) -> bytes | None:
         k = key.encode()
@@ -59,6 +65,15 @@ class PartitionStore:
         """Keys written since the last flush."""
         return len(self._dirty)
 
+    def dirty_items(self) -> list[tuple[bytes, bytes | None]]:
+        """The keys written since the last flush, as changelog entries (``None``: deleted)."""
+        return [(k, None if v is _DELETED else v) for k, v in self._dirty.items()]  # type: ignore[misc]
+
+    def staged(self, n: int) -> None:
+        """``n`` changelog records were sent for the dirty keys: the next flush moves the store's
+        changelog offset on by ``n`` (once they are delivered; see streams/changelog.py)."""
+        self._staged = n
+
     def flush(self) -> int:
         """Write every dirty key in one batch; returns how many were written."""
         if not self._dirty:
@@ -69,10 +84,42 @@ class PartitionStore:
                 wb.delete(k)
             else:
                 wb.put(k, v)
+        if self._staged is not None:
+            at = self.changelog_offset
+            if at is not None:
+                wb.put(CHANGELOG_OFFSET, str(at + self._staged).encode())
+            self._staged = None
         self._db.write(wb)
         n = len(self._dirty)
         self._dirty = {}
         return n
+
+    # -- changelog recovery -----------------------------------------------------
+    @property
+    def changelog_offset(self) -> int | None:
+        """The changelog offset this store includes (a lower bound); None if it never had one."""
+        raw = self._db.get(CHANGELOG_OFFSET)
+        return None if raw is None else int(raw)
+
+    def set_changelog_offset(self, offset: int) -> None:
+        self._db.put(CHANGELOG_OFFSET, str(offset).encode())
+
+    def apply(self, entries: list[tuple[bytes, bytes | None]]) -> None:
+        """Write changelog entries straight to disk (recovery; nothing may be pending)."""
+        assert not self._dirty, "recovery into a store with pending writes"
+        wb = WriteBatch(raw_mode=True)
+        for k, v in entries:
+            if v is None:
+                wb.delete(k)
+            else:
+                wb.put(k, v)
+        self._db.write(wb)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every key and value on disk (raw bytes), the changelog offset excepted."""
+        for k, v in self._db.items():
+            if k != CHANGELOG_OFFSET:
+                yield k, v
 
     def scan(self, prefix: str) -> list[tuple[str, bytes]]:
         """Every ``(key, value)`` under ``prefix``, on disk and pending, in key order."""

@@ -21,11 +21,13 @@ from rocksdict import AccessType, Options, Rdict
 
 from models import persistence
 from streams.broker import create_topics, free_port
+from streams.changelog import Changelog
 from streams.demo import OutputReader, all_topics, start_worker, stop_worker, wait_ready
 from streams.metrics import scrape, total
 from streams.replay import replay
 from streams.settings import Settings
 from streams.spec import load_spec
+from streams.state import CHANGELOG_OFFSET, PartitionStore
 
 SNAPSHOT_KEY = "kill-suite-snapshot-key-0123456789abcdef"   # shared by reference and killed runs
 DEADLINE_S = 180.0
@@ -43,9 +45,13 @@ def make_run_settings(bootstrap: str, root: Path, tag: str, *, pipeline: str, pa
     return s
 
 
-def second_worker(s: Settings) -> Settings:
-    """The same worker configuration (group, state dir, topics) on its own ports."""
-    return s.model_copy(update={"web_port": free_port(), "metrics_port": free_port()})
+def second_worker(s: Settings, own_state: bool = False) -> Settings:
+    """The same worker configuration (group, topics) on its own ports; ``own_state``: its own state
+    directory too (another machine, as far as state goes: what it takes over comes from changelogs)."""
+    update: dict[str, Any] = {"web_port": free_port(), "metrics_port": free_port()}
+    if own_state:
+        update["state_dir"] = s.state_dir.with_name(f"{s.state_dir.name}-w{update['web_port']}")
+    return s.model_copy(update=update)
 
 
 def settled(reader: OutputReader, quiet_s: float = 8.0) -> Callable[[], bool]:
@@ -148,7 +154,7 @@ def read_raw(s: Settings, topic: str, expect_ids: set[str] | None = None, idle_s
 
 def run_stream(s: Settings, log: Path, stream: Path, event_ids: set[str], n_labels_topic: int, *,
                kill_at: Iterable[float] = (), workers: int = 1, kill_worker: int = 0,
-               restart: bool = True) -> Run:
+               restart: bool = True, own_state: bool = False) -> Run:
     """Replay ``stream`` through ``workers`` worker processes; SIGKILL at fractions of events answered.
 
     The events topic is replayed first and every event is awaited before the
@@ -159,7 +165,7 @@ def run_stream(s: Settings, log: Path, stream: Path, event_ids: set[str], n_labe
     """
     t0 = time.monotonic()
     run = Run(s)
-    confs = [s] + [second_worker(s) for _ in range(workers - 1)]
+    confs = [s] + [second_worker(s, own_state) for _ in range(workers - 1)]
     procs = [start_worker(c, log) for c in confs]
     reader = OutputReader(s)
     try:
@@ -274,13 +280,28 @@ def state_dir(s: Settings, partition: int) -> Path:
 
 
 def dump_store(path: Path) -> dict[bytes, bytes]:
-    """Every key and value of a partition's RocksDB, opened read-only in raw mode."""
+    """Every state key and value of a partition's RocksDB, opened read-only in raw mode.
+
+    The store's changelog offset is left out: it counts changelog records,
+    which a killed run writes more of (work redone after the kill).
+    """
     assert path.exists(), f"no state at {path}"
     db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
     try:
-        return dict(db.items())
+        return {k: v for k, v in db.items() if k != CHANGELOG_OFFSET}
     finally:
         db.close()
+
+
+def changelog_state(s: Settings, partition: int, root: Path) -> dict[bytes, bytes]:
+    """A partition's state rebuilt from nothing but its changelog topic (in a fresh store under ``root``)."""
+    store = PartitionStore(root / f"from-changelog-{s.app_id}-{partition}")
+    try:
+        Changelog(s.changelog_topic(load_spec(s.pipeline).name), s.producer_config(),
+                  s.consumer_config(group=f"{s.app_id}-changelog-check")).recover(store, partition)
+        return dict(store.items())
+    finally:
+        store.close()
 
 
 def deep_equal(a: Any, b: Any, where: str = "") -> list[str]:

@@ -1,0 +1,150 @@
+"""The state changelog against the real broker: what a store writes, a store elsewhere gets back.
+
+Each test writes through :class:`~streams.changelog.Changelog` the way a worker
+does (send the pending writes, flush the producer, then write the local
+store), then opens a *fresh* store in another directory (another machine, as
+far as the state is concerned) and recovers it from the changelog.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from streams.broker import create_topics
+from streams.changelog import CHANGELOG_CONFIG, Changelog
+from streams.state import CHANGELOG_OFFSET, PartitionStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def changelog(make_settings):
+    s = make_settings(create=False, partitions=2)
+    topic = s.changelog_topic("t")
+    create_topics(s.broker, {topic: 2}, config=CHANGELOG_CONFIG)
+    cl = Changelog(topic, s.producer_config(), s.consumer_config(group=f"{s.app_id}-restore"))
+    yield cl
+    cl.close()
+
+
+def write(cl: Changelog, store: PartitionStore, partition: int, puts: dict[str, bytes],
+          deletes: tuple[str, ...] = ()) -> None:
+    """One worker flush: pending writes -> changelog -> delivered -> local store."""
+    for k, v in puts.items():
+        store.put(k, v)
+    for k in deletes:
+        store.delete(k)
+    store.staged(cl.send(partition, store.dirty_items()))
+    assert cl.flush(30) == []
+    store.flush()
+
+
+def contents(store: PartitionStore) -> dict[bytes, bytes]:
+    return dict(store.items())
+
+
+def test_a_fresh_store_recovers_puts_and_deletes(changelog: Changelog, tmp_path: Path) -> None:
+    a = PartitionStore(tmp_path / "a")
+    assert changelog.recover(a, 1).end == 0
+    write(changelog, a, 1, {f"k{i}": f"v{i}".encode() for i in range(15)})
+    write(changelog, a, 1, {"k3": b"again", "x": b"1"}, deletes=("k4", "k5"))
+    write(changelog, a, 1, {f"k{i}": b"last" for i in range(10, 17)})   # 15 then 7 records: see below
+
+    b = PartitionStore(tmp_path / "b")
+    rec = changelog.recover(b, 1)
+    assert contents(b) == contents(a)
+    assert b"k4" not in contents(b) and contents(b)[b"k3"] == b"again"
+    assert rec.applied == 15 + 4 + 7 and rec.end == 26 and b.changelog_offset == 26
+    # the other partition of the changelog is untouched
+    c = PartitionStore(tmp_path / "c")
+    assert changelog.recover(c, 0).applied == 0 and contents(c) == {}
+
+
+def test_recovery_reads_to_the_fetch_high_watermark_not_list_offsets(changelog: Changelog, tmp_path: Path) -> None:
+    """The embedded broker answers ListOffsets(latest) with the last *batch's* base offset + 1.
+
+    Two multi-record batches (15, then 7 records): ListOffsets says 16, the
+    log ends at 22. Recovery must read all 22 (it stops at the partition-EOF
+    event, whose offset is the fetch high watermark).
+    """
+    a = PartitionStore(tmp_path / "a")
+    changelog.recover(a, 0)
+    write(changelog, a, 0, {f"a{i:02d}": b"1" for i in range(15)})
+    write(changelog, a, 0, {f"b{i:02d}": b"2" for i in range(7)})
+    b = PartitionStore(tmp_path / "b")
+    rec = changelog.recover(b, 0)
+    assert (rec.applied, rec.end) == (22, 22)
+    assert len(contents(b)) == 22
+
+
+def test_a_stale_store_catches_up_from_its_own_offset(changelog: Changelog, tmp_path: Path) -> None:
+    """A worker gets a partition back after another worker wrote to it: it reads only the new records."""
+    a = PartitionStore(tmp_path / "a")
+    changelog.recover(a, 0)
+    write(changelog, a, 0, {"w": b"1", "p:1": b"x"})
+    b = PartitionStore(tmp_path / "b")          # the partition moves to b
+    changelog.recover(b, 0)
+    write(changelog, b, 0, {"w": b"2", "p:2": b"y"}, deletes=("p:1",))
+    rec = changelog.recover(a, 0)               # ... and back to a
+    assert (rec.start, rec.applied) == (2, 3)
+    assert contents(a) == contents(b) == {b"w": b"2", b"p:2": b"y"}
+
+
+def test_an_undelivered_flush_writes_nothing_locally_and_is_sent_again(changelog: Changelog, tmp_path: Path) -> None:
+    """Pending writes stay pending until delivered; the offset moves only with a successful flush."""
+    a = PartitionStore(tmp_path / "a")
+    changelog.recover(a, 0)
+    a.put("k", b"1")
+    a.staged(changelog.send(0, a.dirty_items()))
+    # the flush "failed": the worker does not write the store; its next flush sends the key again
+    a.put("k2", b"2")
+    write(changelog, a, 0, {})
+    assert a.changelog_offset == 2            # a lower bound: the log holds 3 records
+    b = PartitionStore(tmp_path / "b")
+    assert changelog.recover(b, 0).end == 3
+    assert contents(b) == contents(a) == {b"k": b"1", b"k2": b"2"}
+
+
+def test_a_store_with_data_seeds_an_empty_changelog(changelog: Changelog, tmp_path: Path) -> None:
+    a = PartitionStore(tmp_path / "a")          # written with changelogs off
+    for i in range(50):
+        a.put(f"k{i}", os.urandom(8))
+    a.flush()
+    rec = changelog.recover(a, 1)
+    assert (rec.seeded, rec.end) == (50, 50)
+    b = PartitionStore(tmp_path / "b")
+    changelog.recover(b, 1)
+    assert contents(b) == contents(a) and len(contents(b)) == 50
+
+
+def test_a_large_value_round_trips(changelog: Changelog, tmp_path: Path) -> None:
+    """A model snapshot is one record: several MB must go through."""
+    a = PartitionStore(tmp_path / "a")
+    changelog.recover(a, 0)
+    big = os.urandom(5_000_000)
+    write(changelog, a, 0, {"m:model": big})
+    b = PartitionStore(tmp_path / "b")
+    changelog.recover(b, 0)
+    assert b.get("m:model") == big
+
+
+def test_the_offset_key_is_not_state(tmp_path: Path) -> None:
+    s = PartitionStore(tmp_path / "s")
+    s.set_changelog_offset(7)
+    s.put("p:1", b"x")
+    s.flush()
+    assert s.scan("p:") == [("p:1", b"x")] and s.changelog_offset == 7
+    assert dict(s.items()) == {b"p:1": b"x"} and CHANGELOG_OFFSET not in dict(s.items())
+
+
+def test_a_missing_topic_is_a_clear_error(make_settings, tmp_path: Path) -> None:
+    from streams.changelog import ChangelogError
+
+    s = make_settings(create=False)
+    cl = Changelog(s.changelog_topic("missing"), s.producer_config(), s.consumer_config())
+    with pytest.raises(ChangelogError, match="has no partition 0"):
+        cl.recover(PartitionStore(tmp_path / "a"), 0, timeout=20)
+
