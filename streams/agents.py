@@ -117,7 +117,7 @@ class BatchScorer:
         All partitions are recovered in one read of the changelog: a worker
         given four partitions waits for the longest one, not for the sum.
         """
-        stores = {p: PartitionStore(self.state_path(p)) for p in partitions}
+        stores = {p: self._open_local(p) for p in partitions}
         if self.changelog is not None and stores:
             try:
                 recoveries = self.changelog.recover_many(stores)
@@ -130,40 +130,99 @@ class BatchScorer:
                 self.metrics.changelog_recovery.observe(rec.seconds)
         return stores
 
+    def _open_local(self, partition: int, timeout: float = 60.0) -> PartitionStore:
+        """The local store; waits while another process on this state directory holds its lock
+        (a worker there refreshing it as a standby, or still closing it after a rebalance)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return PartitionStore(self.state_path(partition))
+            except Exception as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
     def open_store(self, partition: int) -> PartitionStore:
         return self.open_stores([partition])[partition]
 
     async def open_partitions(self, partitions: Iterable[int]) -> None:
-        """Open (recover) the processors of ``partitions`` off the event loop; wait for those being opened.
+        """Open (recover) the processors of ``partitions`` off the event loop.
 
         Called when partitions are assigned, and by :meth:`handle` for a
         partition it has no processor for. One recovery per partition at a
-        time: a second caller waits for the first's.
+        time: a partition being opened, or refreshed as a standby, is waited
+        for first.
         """
         wanted = set(partitions)
-        todo = sorted(p for p in wanted if p not in self.processors and p not in self._opening)
-        if todo:
-            async def run() -> None:
+        while True:
+            await self.opened(wanted)
+            todo = sorted(wanted - set(self.processors))
+            if not todo:
+                return
+
+            async def run(todo: list[int] = todo) -> None:
                 stores = await asyncio.get_running_loop().run_in_executor(None, self.open_stores, todo)
                 for p, store in stores.items():
                     self.processor(p, store)
 
-            task = asyncio.ensure_future(run())
-            for p in todo:
-                self._opening[p] = task
+            self._track(todo, asyncio.ensure_future(run()))
 
-            def done(t: asyncio.Future[None]) -> None:
-                for p in todo:
-                    if self._opening.get(p) is t:
-                        del self._opening[p]
-            task.add_done_callback(done)
-        await self.opened(wanted)
+    def _track(self, partitions: list[int], task: asyncio.Future[Any]) -> None:
+        for p in partitions:
+            self._opening[p] = task
+
+        def done(t: asyncio.Future[Any]) -> None:
+            for p in partitions:
+                if self._opening.get(p) is t:
+                    del self._opening[p]
+        task.add_done_callback(done)
 
     async def opened(self, partitions: Iterable[int]) -> None:
-        """Wait for the recoveries in progress of ``partitions`` (if any)."""
+        """Wait for the recoveries (or standby refreshes) in progress of ``partitions``, if any."""
         waits = {self._opening[p] for p in partitions if p in self._opening}
         if waits:
             await asyncio.gather(*waits)
+
+    async def refresh_standbys(self, owned: Iterable[int]) -> dict[int, int]:
+        """Catch this worker's copies of the partitions it does not own up with their changelogs.
+
+        Standby replicas: a worker keeps a local store of every partition of
+        the pipeline, owned or not, no more than ``standby_interval_s`` behind
+        the changelog, so taking a partition over reads only what was written
+        since the last refresh instead of the whole changelog. A store another
+        process holds open (workers sharing this state directory) is skipped:
+        it is already on this disk. Returns ``{partition: records applied}``.
+        """
+        if self.changelog is None:
+            return {}
+        others = [p for p in range(self.settings.partitions)
+                  if p not in set(owned) and p not in self.processors and p not in self._opening]
+        if not others:
+            return {}
+        task = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(None, self._refresh, others))
+        self._track(others, task)
+        try:
+            return await task
+        except Exception as exc:  # noqa: BLE001 - a standby is an optimisation: never stop scoring for it
+            log.warning("standby refresh of partitions %s failed: %s", others, exc)
+            return {}
+
+    def _refresh(self, partitions: list[int]) -> dict[int, int]:
+        assert self.changelog is not None
+        stores: dict[int, PartitionStore] = {}
+        for p in partitions:
+            try:
+                stores[p] = PartitionStore(self.state_path(p))
+            except Exception:  # noqa: BLE001 - open in another worker process on this state directory
+                continue
+        try:
+            recs = self.changelog.recover_many(stores, seed=False)
+        finally:
+            for st in stores.values():
+                st.close()
+        for rec in recs.values():
+            self.metrics.standby_applied.inc(rec.applied)
+        return {p: r.applied for p, r in recs.items()}
 
     def processor(self, partition: int, store: PartitionStore | None = None) -> PartitionProcessor:
         proc = self.processors.get(partition)

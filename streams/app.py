@@ -118,6 +118,14 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
         await scorer.open_partitions({tp.partition for tp in assigned if tp.topic in scorer.batch_topics})
         scorer.metrics.assigned.set(sum(1 for tp in assigned if tp.topic == events_topic))
 
+    if settings.changelog and settings.standby_interval_s > 0:
+        @app.timer(settings.standby_interval_s)
+        async def _standbys() -> None:
+            if app.rebalancing:
+                return
+            owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_topic}
+            await scorer.refresh_standbys(owned)
+
     app.sensors.add(CommitSensor(scorer))
     rk_config = settings.consumer_config(group=settings.app_id, **{
         "client.id": f"{settings.app_id}-fetch",

@@ -144,13 +144,15 @@ class Changelog:
         """Bring ``store`` up to date from its changelog partition (see :meth:`recover_many`)."""
         return self.recover_many({partition: store}, timeout)[partition]
 
-    def recover_many(self, stores: dict[int, PartitionStore], timeout: float = 300.0) -> dict[int, Recovery]:
+    def recover_many(self, stores: dict[int, PartitionStore], timeout: float = 300.0,
+                     seed: bool = True) -> dict[int, Recovery]:
         """Bring each partition's store up to date from the changelog, all partitions in one read.
 
         Each store is read from its own ``CHANGELOG_OFFSET`` to the partition's
         fetch high watermark. Seeding: a store that has data but no changelog
         position (changelogs were off, or the topic is new and empty) is
-        written to the changelog whole, so the next owner finds it there.
+        written to the changelog whole, so the next owner finds it there;
+        only the partition's owner may do that (``seed``: a standby does not).
         """
         if not stores:
             return {}
@@ -192,7 +194,7 @@ class Changelog:
         out: dict[int, Recovery] = {}
         for p, store in stores.items():
             start, end, seeded = starts[p], ends[p], 0
-            if start is None or end < start:
+            if seed and (start is None or end < start):
                 if start is not None:
                     log.warning("%s[%d] ends at %d, before this store's position %d (topic recreated?): "
                                 "seeding it from the local store", self.topic, p, end, start)

@@ -228,6 +228,10 @@ class Metrics:
             "streamscore_state_changelog_recovery_seconds",
             "Seconds to bring one partition's state up to date from its changelog.",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300), registry=r)
+        self.standby_applied = Counter(
+            "streamscore_state_standby_applied_records",
+            "Changelog records applied to this worker's standby copies of partitions it does not own.",
+            registry=r)
         self.checkpoint_swaps = Counter("streamscore_model_checkpoint_swaps",
                                         "Torch checkpoints hot-swapped into this worker.", ["model"], registry=r)
         self.rule_hits = Counter("streamscore_rule_hits", "Events a rule matched, by rule name.", ["rule"],

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
                     "embedded broker on s3:// storage: it answers a fetch with no records when reading a "
                     "partition's batches takes longer, and a worker would never get further.")
     commit_interval_s: float = Field(1.0, gt=0, description="Seconds between offset commits (outputs and state are flushed first).")
+    standby_interval_s: float = Field(
+        10.0, ge=0,
+        description="Seconds between two refreshes of this worker's standby replicas: local copies of the "
+                    "partitions it does not own, caught up with their changelogs, so a takeover reads only "
+                    "what was written since (0: no standbys; needs the changelog).")
     delivery_timeout_s: float = Field(
         300.0, gt=0,
         description="Seconds a produced output or changelog record may wait for the broker (librdkafka "

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import pytest
 
+from streams.changelog import Changelog
 from streams.datasets import convert
 from streams.spec import load_spec
+from streams.state import PartitionStore
 from tests.faults.harness import (
     changelog_state,
     check_outputs,
@@ -27,6 +29,7 @@ from tests.faults.harness import (
     run_stream,
     state_dir,
     stream_ids,
+    tail,
 )
 
 pytestmark = pytest.mark.integration
@@ -62,3 +65,42 @@ def test_two_workers_one_killed_survivor_takes_over(broker, tmp_path):
                                      ("score", "class", "rules", "reasons"))]
     assert not diffs, f"{len(diffs)} differences from a single-worker run:\n" + "\n".join(diffs[:20])
     assert ref_run.exit_codes == [0]
+
+
+def test_standby_replicas_follow_the_partitions_a_worker_does_not_own(broker, tmp_path):
+    """With standbys on, each worker keeps a caught-up copy of the other's partitions.
+
+    Two workers, own state directories, 4 partitions, a refresh every second.
+    After the run, each partition has the owner's store and the other
+    worker's standby copy: the copy holds state and a changelog position (it
+    was refreshed while the owner wrote), and reading the rest of the
+    changelog from that position makes it equal the owner's store.
+    """
+    stream = tmp_path / "retail.jsonl"
+    convert(load_spec("online_retail").dataset, stream, limit=2_000)
+    ids, n_labels, _ = stream_ids(stream, "online_retail")
+    s = make_run_settings(broker.bootstrap, tmp_path, "standby", pipeline="online_retail",
+                          partitions=PARTITIONS, batch_max=400, standby_interval_s=1.0)
+    run = run_stream(s, tmp_path / "standby.log", stream, ids, n_labels, workers=2, own_state=True)
+    assert run.exit_codes == [0, 0], tail(tmp_path / "standby.log")
+    dirs = [s.state_dir, *s.state_dir.parent.glob(f"{s.state_dir.name}-w*")]
+    assert len(dirs) == 2
+    spec = load_spec("online_retail").name
+    owners = 0
+    for p in range(PARTITIONS):
+        stores = []
+        for d in dirs:
+            path = d / s.app_id / spec / f"{s.topic('events')}-{p}"
+            assert path.exists(), f"p{p}: no store (owned or standby) under {d}"
+            st = PartitionStore(path)
+            stores.append((st.changelog_offset or 0, st))
+        (pos_a, a), (pos_b, b) = sorted(stores, key=lambda x: x[0])    # b: the owner (furthest along)
+        owners += pos_b > 0
+        assert pos_a > 0 and len(a) > 0, f"p{p}: the standby copy was never refreshed ({pos_a}, {len(a)} keys)"
+        rest = Changelog(s.changelog_topic(spec), s.producer_config(),
+                         s.consumer_config(group=f"{s.app_id}-check")).recover(a, p, timeout=60)
+        assert rest.start == pos_a
+        assert dict(a.items()) == dict(b.items()), f"p{p}: the caught-up standby differs from the owner's store"
+        a.close()
+        b.close()
+    assert owners == PARTITIONS
