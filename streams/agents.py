@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 GAUGED_METRICS = ("accuracy", "log_loss", "roc_auc", "mae", "rmse", "mean_reward", "regret")
 
 
+class BatchFailed(RuntimeError):
+    """A batch failed half-way; nothing more is flushed or committed by this worker."""
+
+
 class DeliveryError(RuntimeError):
     """An output record could not be delivered; offsets must not be committed."""
 
@@ -71,6 +75,7 @@ class BatchScorer:
         self._last_save = time.monotonic()
         self.changelog: Changelog | None = None
         self._opening: dict[int, asyncio.Future[None]] = {}      # partition -> its recovery in progress
+        self._failed: str | None = None                           # why a batch failed half-way (see _fail)
         if settings.changelog:
             self.changelog = Changelog(
                 settings.changelog_topic(spec.name),
@@ -232,6 +237,8 @@ class BatchScorer:
                                       max_event_bytes=self.settings.max_event_bytes,
                                       snapshot_key=self.snapshot_key, device=self.settings.device)
             self.processors[partition] = proc
+            log.info("partition %d opened: model versions %s", partition,
+                     {n: proc.version_of(n) for n in proc.prequential} if proc.models else "-")
             for name, (stamp, ckpt) in self._deployed.items():   # a new partition starts on the deployed weights
                 if ckpt is not None and not proc.has_history(name):
                     proc.swap_weights(name, ckpt)
@@ -314,19 +321,38 @@ class BatchScorer:
         if proc is None:       # normally opened at assignment; recovery runs off the event loop
             await self.open_partitions([partition])
             proc = self.processors[partition]
-        outputs = proc.process(logical, records)
-        produce = self.producer.produce
-        topics = self._topics
-        for o in outputs:
-            try:
-                produce(topics[o.topic], o.value, o.key, partition)
-            except BufferError:
-                self.producer.poll(0.1)
-                produce(topics[o.topic], o.value, o.key, partition)
+        try:
+            outputs = proc.process(logical, records)
+            produce = self.producer.produce
+            topics = self._topics
+            for o in outputs:
+                try:
+                    produce(topics[o.topic], o.value, o.key, partition)
+                except BufferError:
+                    self.producer.poll(0.1)
+                    produce(topics[o.topic], o.value, o.key, partition)
+        except Exception as exc:
+            self._fail(f"partition {partition}: {type(exc).__name__}: {exc}")
+            raise
         self.producer.poll(0)
         self._count(logical, len(records), proc, time.perf_counter() - t0)
         if time.monotonic() - self._last_metrics >= self.settings.metrics_interval_s:
             self.publish_metrics()
+
+    def _fail(self, reason: str) -> None:
+        """A batch failed half-way: its state may hold answers that were never published.
+
+        Drop every partition's pending state and in-memory models, and refuse
+        every later flush, so faust commits nothing more: the worker stops,
+        and its next start processes again from the committed offsets, from
+        the state written at the last commit.
+        """
+        self._failed = reason
+        log.error("a batch failed half-way (%s): dropping pending state; no offset is committed any more", reason)
+        for proc in self.processors.values():
+            proc.store.discard()
+            proc.close()
+        self.processors.clear()
 
     def _count(self, logical: str, n: int, proc: PartitionProcessor, elapsed_s: float = 0.0) -> None:
         m, s = self.metrics, proc.last_stats
@@ -382,6 +408,8 @@ class BatchScorer:
         pending and is sent again by the next flush, and faust commits no
         offset past the records it covers.
         """
+        if self._failed is not None:
+            raise BatchFailed(f"not committing after a failed batch ({self._failed}); restart the worker")
         if timeout is None:      # every record is delivered or has failed by then (message.timeout.ms)
             timeout = self.settings.delivery_timeout_s + 5.0
         procs = [proc for p in (self.processors if partitions is None else partitions)
@@ -410,7 +438,8 @@ class BatchScorer:
             self.publish_metrics()
         except (KafkaException, BufferError):  # pragma: no cover - shutting down anyway
             pass
-        self.flush(parts)
+        if self._failed is None:
+            self.flush(parts)
         if self._torch_models:
             self.save_checkpoints(force=True)
         for p in parts:

@@ -69,6 +69,11 @@ class PartitionStore:
         """The keys written since the last flush, as changelog entries (``None``: deleted)."""
         return [(k, None if v is _DELETED else v) for k, v in self._dirty.items()]  # type: ignore[misc]
 
+    def discard(self) -> None:
+        """Forget every write since the last flush (a batch that failed half-way)."""
+        self._dirty = {}
+        self._staged = None
+
     def staged(self, n: int) -> None:
         """``n`` changelog records were sent for the dirty keys: the next flush moves the store's
         changelog offset on by ``n`` (once they are delivered; see streams/changelog.py)."""

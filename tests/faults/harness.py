@@ -423,7 +423,12 @@ def check_outputs(run: Run, event_ids: set[str], state: dict[int, dict[bytes, by
                            + "; ".join(f"{e}: {a!r} vs {b!r}" for e, (a, b) in list(differing.items())[:2]))
     stored = {k[2:].decode(): v for st in state.values() for k, v in st.items() if k.startswith(b"p:")}
     unequal = [e for e, raw in by_id.items() if stored.get(e) != raw]
-    assert not unequal, f"{len(unequal)} published predictions differ from the stored ones, e.g. {unequal[:3]}"
+    if unequal:     # say how they differ: which fields, which models' versions (the open kill-sweep bug)
+        e = unequal[0]
+        pub, got = orjson.loads(by_id[e]), orjson.loads(stored[e]) if e in stored else {}
+        fields = {k: (pub.get(k), got.get(k)) for k in set(pub) | set(got) if pub.get(k) != got.get(k)}
+        raise AssertionError(f"{len(unequal)} published predictions differ from the stored ones, e.g. "
+                             f"{unequal[:3]}; {e}: (published, stored) by field: {fields}")
     return {"answers": len(run.predictions), "duplicates": len(run.predictions) - len(by_id)}
 
 

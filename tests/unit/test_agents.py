@@ -1,0 +1,87 @@
+"""BatchScorer without a broker: what a batch that fails half-way leaves behind.
+
+The producer is a stand-in that fails on a chosen record, the way a full
+local queue (``BufferError`` twice) or a bug in an output would: the answers
+already in the batch's pending state were never published, so none of that
+state may reach the store, and no offset may be committed after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streams.agents import BatchFailed, BatchScorer
+from streams.processor import Record
+from streams.settings import Settings
+from streams.spec import load_spec
+from streams.state import PartitionStore
+
+
+class FlakyProducer:
+    """Accepts ``ok`` records, then raises on the next one."""
+
+    def __init__(self, ok: int) -> None:
+        self.ok = ok
+        self.sent: list[bytes] = []        # values, in order
+        self.topics: list[str] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None, partition: int = -1) -> None:
+        if len(self.sent) >= self.ok:
+            raise RuntimeError("output refused")
+        self.sent.append(value)
+        self.topics.append(topic)
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+
+def events(start: int, n: int) -> list[Record]:
+    return [Record(start + i, b"nsw", orjson.dumps(
+        {"event_id": f"e{start + i}", "ts": 1_000 + start + i, "period": 0.5, "nswprice": 0.05,
+         "nswdemand": 0.4, "vicprice": 0.003, "vicdemand": 0.42, "transfer": 0.41}), 1_000)
+        for i in range(n)]
+
+
+def test_a_batch_failing_half_way_writes_no_state_and_stops_commits(tmp_path: Path) -> None:
+    s = Settings(state_dir=tmp_path, changelog=False, metrics_port=0, snapshot_key="k" * 32)
+    producer = FlakyProducer(ok=15)
+    scorer = BatchScorer(s, load_spec("elec2"), producer=producer)  # type: ignore[arg-type]
+    topic = s.topic("events")
+
+    asyncio.run(scorer.handle(topic, 0, events(0, 10)))
+    scorer.flush()                                      # the first 10 answers: published, then stored
+    with pytest.raises(RuntimeError, match="output refused"):
+        asyncio.run(scorer.handle(topic, 0, events(10, 10)))   # 5 published, then the producer fails
+    assert len(producer.sent) == 15
+
+    with pytest.raises(BatchFailed):                    # faust's commit calls this first: no commit
+        scorer.flush()
+    scorer.close()                                      # a stop after the failure writes nothing either
+
+    store = PartitionStore(scorer.state_path(0))
+    stored = {k for k, _ in store.scan("p:")}
+    assert stored == {f"p:e{i}" for i in range(10)}, sorted(stored)
+    store.close()
+
+
+def test_a_healthy_scorer_stores_what_it_published(tmp_path: Path) -> None:
+    """The control: the same batches with a producer that never fails are all stored."""
+    s = Settings(state_dir=tmp_path, changelog=False, metrics_port=0, snapshot_key="k" * 32)
+    producer = FlakyProducer(ok=10**9)
+    scorer = BatchScorer(s, load_spec("elec2"), producer=producer)  # type: ignore[arg-type]
+    topic = s.topic("events")
+    for start in (0, 10):
+        asyncio.run(scorer.handle(topic, 0, events(start, 10)))
+    scorer.close()
+    store = PartitionStore(scorer.state_path(0))
+    assert {orjson.loads(v)["event_id"] for _, v in store.scan("p:")} == {f"e{i}" for i in range(20)}
+    published = [v for t, v in zip(producer.topics, producer.sent) if t == s.topic("predictions")]
+    assert sorted(published) == sorted(v for _, v in store.scan("p:"))
+    store.close()
