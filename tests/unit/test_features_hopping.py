@@ -20,11 +20,17 @@ from hypothesis import strategies as st
 from ext import _reference as ref
 from streams.features import Windows, WindowSpec
 from tests.unit.ext_backends import assert_bits_equal, require_native
+from tests.unit.window_oracles import check, random_stream, run, streams
 
 NUMERIC = ("count", "sum", "mean", "min", "max", "var", "std")
 SETTINGS = settings(max_examples=120, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 HLL_REL_ERR = 0.05      # 3 standard deviations of the estimate (documented in streams.features)
+
+
+def items(n):
+    """Values of a stream of item ids (strings: distinct counts only)."""
+    return lambda rnd: f"item{rnd.randrange(n)}"
 
 
 def token(v):
@@ -64,48 +70,8 @@ def brute_force(events, size, hop, grace):
     return out
 
 
-def check(got, expected, spec, hll=False):
-    names = dict(zip(spec.aggs, spec.names))
-    for i, (g, (e, _, scale)) in enumerate(zip(got, expected)):
-        assert set(g) == set(spec.names), (i, g)
-        for a in spec.aggs:
-            x, y = g[names[a]], e[a]
-            if a == "distinct" and hll:
-                assert abs(x - y) <= HLL_REL_ERR * y, (i, x, y)
-            elif a in ("count", "min", "max", "distinct"):
-                assert x == y, (i, a, x, y)
-            elif a in ("var", "std"):        # std compared squared: sqrt magnifies a ~0 variance's rounding
-                assert math.isclose(x * x if a == "std" else x, y * y if a == "std" else y, rel_tol=1e-9,
-                                    abs_tol=1e-12 * scale * scale), (i, a, x, y)
-            else:
-                assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12 * scale), (i, a, x, y)
-
-
-def run(spec, events, kernels, batches=None, reload_at=frozenset(), store=None):
-    """Feed events through Windows in batches; at batch indexes in reload_at flush and start a new object."""
-    store = {} if store is None else store
-    w = Windows([spec], kernels=kernels)
-    got, i, late = [], 0, 0
-    for b, size in enumerate(batches or [len(events)]):
-        chunk = events[i:i + size]
-        i += size
-        docs = [{"k": k, "x": v} if v is not None else {"k": k} for k, _, v in chunk]
-        got += w.update_batch(docs, [t for _, t, _ in chunk], store.get)
-        w.flush(store.__setitem__)
-        if b in reload_at:
-            late += w.late
-            w = Windows([spec], kernels=kernels)
-    assert i >= len(events)
-    return got, late + w.late, store
-
-
-values_ = st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False), st.integers(-5, 5).map(float))
-streams_ = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 3000), values_),
-                    min_size=1, max_size=80)
-
-
 @SETTINGS
-@given(raw=streams_, hop=st.sampled_from([1, 7, 100, 1000]), m=st.sampled_from([1, 2, 5]),
+@given(raw=streams(), hop=st.sampled_from([1, 7, 100, 1000]), m=st.sampled_from([1, 2, 5]),
        grace=st.sampled_from([0, 3, 100, 2000]), in_order=st.booleans(), data=st.data())
 def test_hopping_equals_brute_force(backend, raw, hop, m, grace, in_order, data):
     events = sorted(raw, key=lambda e: e[1]) if in_order else raw
@@ -113,56 +79,40 @@ def test_hopping_equals_brute_force(backend, raw, hop, m, grace, in_order, data)
                       aggs=(*NUMERIC, "distinct"))
     cuts = data.draw(st.lists(st.integers(1, 20), min_size=1, max_size=40))
     reload_at = frozenset(data.draw(st.lists(st.integers(0, 40), max_size=10)))
-    got, late, _ = run(spec, events, backend, batches=cuts + [len(events)], reload_at=reload_at)
+    got, late, _, _ = run(spec, events, backend, batches=cuts + [len(events)], reload_at=reload_at)
     expected = brute_force(events, hop * m, hop, grace)
-    check(got, expected, spec)
+    check(got, expected, spec, all_names=True)
     assert late == sum(e[1] for e in expected)
     if in_order:
         assert late == 0
 
 
-def random_stream(seed, n, keys=5, disorder=0, p_missing=0.05, items=None):
-    rnd = random.Random(seed)
-    t, out = 0, []
-    for _ in range(n):
-        t += rnd.choice([0, 1, 5, 30, 200])
-        ts = t - (rnd.randint(0, disorder) if disorder and rnd.random() < 0.2 else 0)
-        if rnd.random() < p_missing:
-            v = None
-        elif items is None:
-            v = round(rnd.uniform(-100, 100), 1)
-        else:
-            v = f"item{rnd.randrange(items)}"
-        out.append((f"e{rnd.randrange(keys)}", ts, v))
-    return out
-
-
 @pytest.mark.parametrize("grace", [0, 300])
 def test_long_stream_with_string_distinct(backend, grace):
     """A non-numeric field: distinct only (no value is read), exact below the threshold."""
-    events = random_stream(1, 3000, disorder=2000, items=40)
+    events = random_stream(1, 3000, disorder=2000, value=items(40))
     spec = WindowSpec(key="k", field="x", size_ms=2000, hop_ms=500, kind="hopping", grace_ms=grace,
                       aggs=("distinct",))
     rnd = random.Random(2)
-    got, late, _ = run(spec, events, backend, batches=[rnd.randint(1, 300) for _ in range(60)],
+    got, late, _, _ = run(spec, events, backend, batches=[rnd.randint(1, 300) for _ in range(60)],
                        reload_at=frozenset(range(0, 60, 3)))
     expected = brute_force(events, 2000, 500, grace)
-    check(got, expected, spec)
+    check(got, expected, spec, all_names=True)
     assert late == sum(e[1] for e in expected) > 0
 
 
 def test_distinct_beyond_the_threshold_is_a_sketch_within_its_error(backend):
     """Many distinct items per entity and a small exact threshold: HyperLogLog estimates within 5%
     of the exact count, and a flush + reload continues bit for bit."""
-    events = random_stream(3, 6000, keys=2, disorder=150_000, items=5000, p_missing=0.0)
+    events = random_stream(3, 6000, keys=2, disorder=150_000, value=items(5000), p_missing=0.0)
     spec = WindowSpec(key="k", field="x", size_ms=400_000, hop_ms=100_000, kind="hopping", grace_ms=100,
                       aggs=("distinct",), distinct_exact_max=50)
-    whole, late, store = run(spec, events, backend, batches=[200] * 30)
-    parts, late2, _ = run(spec, events, backend, batches=[200] * 30, reload_at=frozenset(range(30)))
+    whole, late, _, store = run(spec, events, backend, batches=[200] * 30)
+    parts, late2, _, _ = run(spec, events, backend, batches=[200] * 30, reload_at=frozenset(range(30)))
     assert late == late2 > 0
     assert_bits_equal([g[spec.names[0]] for g in whole], [g[spec.names[0]] for g in parts])
     expected = brute_force(events, 400_000, 100_000, 100)
-    check(whole, expected, spec, hll=True)
+    check(whole, expected, spec, all_names=True, hll_rel_err=HLL_REL_ERR)
     assert max(e[0]["distinct"] for e in expected) > 1000
     assert any(isinstance(p, str) for raw in store.values() for _, p in orjson.loads(raw)[1])   # sketches
 
@@ -172,8 +122,8 @@ def test_native_and_reference_agree_bit_for_bit():
     events = random_stream(4, 5000, keys=30, disorder=3000)
     spec = WindowSpec(key="k", field="x", size_ms=3000, hop_ms=1000, kind="hopping", grace_ms=500,
                       aggs=(*NUMERIC, "distinct"), distinct_exact_max=20)
-    a, la, sa = run(spec, events, nat, batches=[250] * 20, reload_at=frozenset({3, 7}))
-    b, lb, sb = run(spec, events, ref, batches=[250] * 20, reload_at=frozenset({3, 7}))
+    a, la, _, sa = run(spec, events, nat, batches=[250] * 20, reload_at=frozenset({3, 7}))
+    b, lb, _, sb = run(spec, events, ref, batches=[250] * 20, reload_at=frozenset({3, 7}))
     assert la == lb > 0 and sa == sb
     for x, y in zip(a, b):
         assert list(x) == list(y)

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from ext import _reference as ref
 from streams.features import Windows, WindowSpec
 from tests.unit.ext_backends import assert_bits_equal, require_native
+from tests.unit.window_oracles import check, run, streams
+from tests.unit.window_oracles import random_stream as _random_stream
 
 AGGS = ("count", "sum", "mean", "min", "max", "var", "std", "since", "duration", "distinct", "decay_sum",
         "decay_mean")
@@ -80,55 +82,15 @@ def brute_force(events, gap, half_life):
     return out
 
 
-def check(got, expected, spec):
-    names = dict(zip(spec.aggs, spec.names))
-    for i, (g, (e, _, (scale, dscale))) in enumerate(zip(got, expected)):
-        assert set(g) == {names[a] for a in spec.aggs if a in e}, (i, g, e)
-        for a in spec.aggs:
-            if a not in e:
-                continue
-            x, y = g[names[a]], e[a]
-            if a in ("count", "min", "max", "since", "duration", "distinct"):
-                assert x == y, (i, a, x, y)
-            elif a in ("var", "std"):
-                assert math.isclose(x * x if a == "std" else x, y * y if a == "std" else y, rel_tol=1e-9,
-                                    abs_tol=1e-12 * scale * scale), (i, a, x, y)
-            elif a == "decay_sum":
-                assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12 * dscale), (i, a, x, y)
-            else:
-                assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12 * scale), (i, a, x, y)
-
-
-def run(spec, events, kernels, batches=None, reload_at=frozenset(), store=None):
-    store = {} if store is None else store
-    w = Windows([spec], kernels=kernels)
-    got, i, late = [], 0, 0
-    for b, size in enumerate(batches or [len(events)]):
-        chunk = events[i:i + size]
-        i += size
-        docs = [{"k": k, "x": v} if v is not None else {"k": k} for k, _, v in chunk]
-        got += w.update_batch(docs, [t for _, t, _ in chunk], store.get)
-        w.flush(store.__setitem__)
-        if b in reload_at:
-            late += w.late
-            w = Windows([spec], kernels=kernels)
-    return got, late + w.late, store
-
-
-values_ = st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False), st.integers(-5, 5).map(float))
-streams_ = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 3000), values_),
-                    min_size=1, max_size=80)
-
-
 @SETTINGS
-@given(raw=streams_, gap=st.sampled_from([1, 10, 100, 1000, 10**6]), half_life=st.sampled_from([1, 7, 500, 10**6]),
+@given(raw=streams(), gap=st.sampled_from([1, 10, 100, 1000, 10**6]), half_life=st.sampled_from([1, 7, 500, 10**6]),
        in_order=st.booleans(), data=st.data())
 def test_session_equals_brute_force(backend, raw, gap, half_life, in_order, data):
     events = sorted(raw, key=lambda e: e[1]) if in_order else raw
     spec = WindowSpec(key="k", field="x", kind="session", gap_ms=gap, half_life_ms=half_life, aggs=AGGS)
     cuts = data.draw(st.lists(st.integers(1, 20), min_size=1, max_size=40))
     reload_at = frozenset(data.draw(st.lists(st.integers(0, 40), max_size=10)))
-    got, late, _ = run(spec, events, backend, batches=cuts + [len(events)], reload_at=reload_at)
+    got, late, _, _ = run(spec, events, backend, batches=cuts + [len(events)], reload_at=reload_at)
     expected = brute_force(events, gap, half_life)
     check(got, expected, spec)
     assert late == sum(e[1] for e in expected)
@@ -136,15 +98,9 @@ def test_session_equals_brute_force(backend, raw, gap, half_life, in_order, data
         assert late == 0
 
 
-def random_stream(seed, n, keys=5, disorder=0, p_missing=0.05):
-    rnd = random.Random(seed)
-    t, out = 0, []
-    for _ in range(n):
-        t += rnd.choice([0, 1, 5, 30, 200, 5000])
-        ts = t - (rnd.randint(0, disorder) if disorder and rnd.random() < 0.2 else 0)
-        v = None if rnd.random() < p_missing else float(rnd.randint(-100, 100))
-        out.append((f"e{rnd.randrange(keys)}", ts, v))
-    return out
+def random_stream(seed, n, **kw):
+    """Sessions need gaps: time also jumps by 5 s; integer values (exact sums)."""
+    return _random_stream(seed, n, steps=(0, 1, 5, 30, 200, 5000), value=lambda r: float(r.randint(-100, 100)), **kw)
 
 
 def test_long_random_stream(backend):
@@ -152,7 +108,7 @@ def test_long_random_stream(backend):
     spec = WindowSpec(key="k", field="x", kind="session", gap_ms=2000, half_life_ms=700, aggs=AGGS,
                       distinct_exact_max=20)
     rnd = random.Random(2)
-    got, late, _ = run(spec, events, backend, batches=[rnd.randint(1, 300) for _ in range(60)],
+    got, late, _, _ = run(spec, events, backend, batches=[rnd.randint(1, 300) for _ in range(60)],
                        reload_at=frozenset(range(0, 60, 3)))
     check(got, brute_force(events, 2000, 700), spec)
     assert late == sum(e[1] for e in brute_force(events, 2000, 700)) > 0
@@ -163,8 +119,8 @@ def test_native_and_reference_agree_bit_for_bit():
     events = random_stream(4, 5000, keys=30, disorder=2000)
     spec = WindowSpec(key="k", field="x", kind="session", gap_ms=3000, half_life_ms=1000, aggs=AGGS,
                       distinct_exact_max=10)
-    a, la, sa = run(spec, events, nat, batches=[250] * 20, reload_at=frozenset({3, 7}))
-    b, lb, sb = run(spec, events, ref, batches=[250] * 20, reload_at=frozenset({3, 7}))
+    a, la, _, sa = run(spec, events, nat, batches=[250] * 20, reload_at=frozenset({3, 7}))
+    b, lb, _, sb = run(spec, events, ref, batches=[250] * 20, reload_at=frozenset({3, 7}))
     assert la == lb > 0 and sa == sb
     for x, y in zip(a, b):
         assert list(x) == list(y)

@@ -22,6 +22,9 @@ from hypothesis import strategies as st
 from ext import _reference as ref
 from streams.features import Windows, WindowSpec
 from tests.unit.ext_backends import assert_bits_equal, require_native
+from tests.unit.window_oracles import check, streams, values
+from tests.unit.window_oracles import random_stream as _random_stream
+from tests.unit.window_oracles import run as _run
 
 AGGS = ("count", "sum", "mean", "min", "max", "var", "std", "last", "since")
 SETTINGS = settings(max_examples=150, deadline=None,
@@ -58,52 +61,8 @@ def brute_force(events, size, grace):
     return out
 
 
-def check(got, expected, spec):
-    """Features equal the reference: count/min/max/last exact, floats 1e-9 relative."""
-    names = dict(zip(spec.aggs, spec.names))
-    for i, (g, (e, _, scale)) in enumerate(zip(got, expected)):
-        assert set(g) == {names[a] for a in spec.aggs if a in e}, (i, g, e)
-        for a in spec.aggs:
-            if a not in e:
-                continue
-            x, y = g[names[a]], e[a]
-            if a in ("count", "min", "max", "last", "since"):
-                assert x == y, (i, a, x, y)
-            elif a == "var":
-                assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12 * scale * scale), (i, a, x, y)
-            elif a == "std":     # compared squared: sqrt magnifies the rounding of a ~0 variance
-                assert math.isclose(x * x, y * y, rel_tol=1e-9, abs_tol=1e-12 * scale * scale), (i, a, x, y)
-            else:
-                assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12 * scale), (i, a, x, y)
-
-
-def run(spec, events, kernels, batches=None, reload_at=frozenset(), store=None):
-    """Feed events through Windows in batches; at batch indexes in reload_at flush and start a new object."""
-    store = {} if store is None else store
-    w = Windows([spec], kernels=kernels)
-    got, i, late = [], 0, 0
-    batches = batches or [len(events)]
-    for b, size in enumerate(batches):
-        chunk = events[i:i + size]
-        i += size
-        docs = [{"k": k, "x": v} if v is not None else {"k": k} for k, _, v in chunk]
-        got += w.update_batch(docs, [t for _, t, _ in chunk], store.get)
-        if b in reload_at:
-            w.flush(store.__setitem__)
-            late += w.late
-            w = Windows([spec], kernels=kernels)
-    assert i >= len(events)
-    return got, late + w.late, w, store
-
-
-values_ = st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
-                    st.integers(-50, 50).map(float))
-streams_ = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 3000), values_),
-                    min_size=1, max_size=80)
-
-
 @SETTINGS
-@given(raw=streams_, size=st.sampled_from([1, 7, 100, 1000, 10**6]),
+@given(raw=streams(values(small=50)), size=st.sampled_from([1, 7, 100, 1000, 10**6]),
        grace=st.sampled_from([0, 3, 100, 2000, 10**7]), in_order=st.booleans(), data=st.data())
 def test_sliding_equals_brute_force(backend, raw, size, grace, in_order, data):
     events = sorted(raw, key=lambda e: e[1]) if in_order else raw
@@ -118,15 +77,13 @@ def test_sliding_equals_brute_force(backend, raw, size, grace, in_order, data):
         assert late == 0
 
 
-def random_stream(seed, n, keys=5, disorder=0, p_missing=0.05):
-    rnd = random.Random(seed)
-    t, out = 0, []
-    for _ in range(n):
-        t += rnd.choice([0, 1, 5, 30, 200])
-        ts = t - (rnd.randint(0, disorder) if disorder and rnd.random() < 0.2 else 0)
-        v = None if rnd.random() < p_missing else round(rnd.uniform(-100, 100), 3)
-        out.append((f"e{rnd.randrange(keys)}", ts, v))
-    return out
+def random_stream(seed, n, **kw):
+    return _random_stream(seed, n, value=lambda r: round(r.uniform(-100, 100), 3), **kw)
+
+
+def run(*args, **kw):
+    """Flushed only at the reloads: the windows carry their state in memory in between."""
+    return _run(*args, flush_every_batch=False, **kw)
 
 
 @pytest.mark.parametrize("grace", [0, 40, 500])
