@@ -93,11 +93,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     from streams.broker import create_topics
 
+    from streams.changelog import CHANGELOG_CONFIG
+    from streams.spec import load_spec
+
     s = _settings(args)
+    client = {k: v for k, v in s.kafka_client_config().items() if k != "bootstrap.servers"}
     topics = {s.topic(t): s.partitions for t in ("events", "labels", "predictions", "dlq")} | {s.topic("metrics"): 1}
-    create_topics(s.broker, topics, client_config={k: v for k, v in s.kafka_client_config().items()
-                                                   if k != "bootstrap.servers"})
-    print("topics:", ", ".join(sorted(topics)))
+    create_topics(s.broker, topics, client_config=client)
+    made = sorted(topics)
+    if s.changelog:
+        changelog = {s.changelog_topic(load_spec(s.pipeline).name): s.partitions}
+        create_topics(s.broker, changelog, config=CHANGELOG_CONFIG, client_config=client)
+        made += sorted(changelog)
+    print("topics:", ", ".join(made))
     return 0
 
 
@@ -201,9 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("topics", "create the pipeline's topics", """\
         Create events, labels, predictions and dlq (PARTITIONS each, co-partitioned)
-        and metrics (1 partition), with explicit retention and cleanup configs.
-        Existing topics are left as they are.""")
-    _settings_flags(sp, *KAFKA, "partitions")
+        and metrics (1 partition), with explicit retention and cleanup configs,
+        and the state changelog of PIPELINE under APP_ID (compacted; workers
+        also create it when it is missing, if they may). Existing topics are
+        left as they are.""")
+    _settings_flags(sp, *KAFKA, "app_id", "pipeline", "partitions", "changelog")
     sp.set_defaults(func=cmd_topics)
 
     sp = add("worker", "consume events and labels, publish predictions", """\

@@ -148,3 +148,22 @@ def test_a_missing_topic_is_a_clear_error(make_settings, tmp_path: Path) -> None
     with pytest.raises(ChangelogError, match="has no partition 0"):
         cl.recover(PartitionStore(tmp_path / "a"), 0, timeout=20)
 
+
+
+def test_streamscore_topics_creates_the_compacted_changelog(make_settings) -> None:
+    """`streamscore topics` creates the pipeline's changelog too, compacted, a partition per input partition."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from streams.cli import main
+
+    s = make_settings(create=False, partitions=3)
+    assert main(["topics", "--broker", s.broker, "--topic-prefix", s.topic_prefix, "--app-id", s.app_id,
+                 "--pipeline", "elec2", "--partitions", "3"]) == 0
+    admin = AdminClient({"bootstrap.servers": s.broker})
+    topic = s.changelog_topic("elec2")
+    meta = admin.list_topics(timeout=10).topics
+    assert topic in meta and len(meta[topic].partitions) == 3
+    assert s.topic("events") in meta
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    configs = admin.describe_configs([res])[res].result(timeout=10)
+    assert configs["cleanup.policy"].value == "compact"
