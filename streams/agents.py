@@ -221,7 +221,8 @@ class BatchScorer:
             except Exception:  # noqa: BLE001 - open in another worker process on this state directory
                 continue
         try:
-            recs = self.changelog.recover_many(stores, seed=False)
+            # a short deadline: a standby refresh must never hold a stopping worker for long
+            recs = self.changelog.recover_many(stores, timeout=30.0, seed=False)
         finally:
             for st in stores.values():
                 st.close()
