@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from rocksdict import AccessType, Options, Rdict
 
 from models import persistence
@@ -60,9 +60,8 @@ def settled(reader: OutputReader, quiet_s: float = 8.0) -> Callable[[], bool]:
     8 s: longer than the session timeout of the test workers (6 s). A killed
     worker's group membership expires only then, and the rebalance it causes
     makes the new owner re-read from the committed offsets: with 3 s of quiet
-    the labels could start before that re-read, which then scored an
-    unflushed event again with models the labels had trained (seen once in
-    CI: elec2_deep, 600 stored predictions unlike the published ones).
+    the labels could start before that re-read, which then scores an
+    unflushed event again with models the labels have trained.
 
     Waiting for this (not only for every event to have an answer) before the
     labels are replayed matters after a kill: an answer the killed worker
@@ -90,6 +89,52 @@ def consumed(s: Settings, topic: str) -> float:
                      "streamscore_worker_events_in_total", topic=topic)
     except OSError:
         return 0.0
+
+
+def topic_ends(s: Settings, logical: str) -> dict[int, int]:
+    """Each partition's end offset of logical topic, read to the fetch high watermark (not ListOffsets)."""
+    topic = s.topic(logical)
+    c = Consumer(s.consumer_config(group=f"{s.app_id}-ends-{time.time_ns()}", **{"enable.partition.eof": True}))
+    try:
+        parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        ends: dict[int, int] = {}
+        deadline = time.monotonic() + 60
+        while len(ends) < len(parts) and time.monotonic() < deadline:
+            for m in c.consume(10_000, 0.5):
+                if m.error() is not None and m.error().code() == KafkaError._PARTITION_EOF:
+                    ends[m.partition()] = m.offset()
+        assert len(ends) == len(parts), f"{topic}: no end found for partitions {set(parts) - set(ends)}"
+        return ends
+    finally:
+        c.close()
+
+
+def caught_up(s: Settings, ends: dict[str, dict[int, int]]) -> Callable[[], bool]:
+    """A condition: the group's committed offsets have reached ``ends`` ({logical topic: {partition: end}}).
+
+    Why the kill suites wait for this before they stop the workers: "every
+    event answered" counts the answers of killed workers, which may be far
+    ahead of what the last worker has processed (a worker can answer a whole
+    8,000-record stream before the harness sees 25 % of it and kills it). A
+    worker stopped then leaves its state behind the input (correctly: its
+    offsets are not committed past it either), and the final state could not
+    equal an uninterrupted run's. Committed offsets at the end mean, by the
+    commit order, that the state covers every record.
+    """
+    def cond() -> bool:
+        c = Consumer(s.consumer_config(group=s.app_id))
+        try:
+            for logical, by_part in ends.items():
+                tps = [TopicPartition(s.topic(logical), p) for p in by_part]
+                for tp in c.committed(tps, timeout=10):
+                    if max(tp.offset, 0) < by_part[tp.partition]:
+                        return False
+            return True
+        finally:
+            c.close()
+
+    return cond
 
 
 def tail(log: Path) -> str:
@@ -198,6 +243,8 @@ def run_stream(s: Settings, log: Path, stream: Path, event_ids: set[str], n_labe
             replay(stream, s, topics=["labels"])
             wait_for(lambda: sum(consumed(c, "labels") for c in confs) >= n_labels_topic,
                      "every label consumed", procs, log, poll=lambda: time.sleep(0.2))
+        wait_for(caught_up(s, {t: topic_ends(s, t) for t in ("events", "labels")}),
+                 "the group's committed offsets at the end of the input", procs, log, poll=lambda: time.sleep(0.3))
         reader.poll(0.5)
         run.dlq = list(reader.dlq)
     finally:

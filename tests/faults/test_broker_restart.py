@@ -51,6 +51,7 @@ from streams.settings import Settings
 from streams.spec import load_spec
 from tests.faults.harness import (
     Run,
+    caught_up,
     check_outputs,
     compare_states,
     consumed,
@@ -64,6 +65,7 @@ from tests.faults.harness import (
     state_dir,
     stream_ids,
     tail,
+    topic_ends,
     wait_for,
 )
 
@@ -168,6 +170,8 @@ def run_with_broker_kills(broker: EmbeddedBroker, s: Settings, log: Path, stream
             replay(stream, s, topics=["labels"], producer=producer)
             wait_for(lambda: consumed(s, "labels") >= n_labels_topic, "every label consumed", [proc], log,
                      poll=lambda: time.sleep(0.2))
+        wait_for(caught_up(s, {t: topic_ends(s, t) for t in ("events", "labels")}),
+                 "the group's committed offsets at the end of the input", [proc], log, poll=lambda: time.sleep(0.3))
         reader.poll(0.5)
         run.dlq = list(reader.dlq)
     finally:

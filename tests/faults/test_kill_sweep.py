@@ -119,11 +119,7 @@ def reference(cases: Any, case: Case, partitions: int) -> tuple[Run, dict[int, d
 @pytest.mark.parametrize(("pipeline", "partitions", "kill_at"), [
     ("online_retail", 1, (0.5,)),
     ("online_retail", 2, (0.3, 0.7)),
-    pytest.param("elec2_deep", 1, (0.25, 0.6), marks=pytest.mark.xfail(strict=False, reason=(
-        "open bug (2026-11-26): in 2 of 2 clean-clone CI runs the worker started after the second kill "
-        "re-scored the events after the committed offset (765 of them) differently from the killed worker; "
-        "passes 8 of 8 locally, and a processor-level crash/restore of elec2_deep reproduces its scores "
-        "exactly; under investigation"))),
+    ("elec2_deep", 1, (0.25, 0.6)),
 ], ids=["retail-p1-50", "retail-p2-30+70", "elec2deep-p1-25+60"])   # 5 kill points per run
 def test_kill_and_restart_matches_uninterrupted_run(cases, pipeline, partitions, kill_at):
     case = cases(pipeline)
