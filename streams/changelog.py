@@ -175,7 +175,7 @@ class Changelog:
                 if time.monotonic() > deadline:
                     left = sorted(set(stores) - set(ends))
                     raise ChangelogError(f"{self.topic} partitions {left}: not read to their end within {timeout}s")
-                for m in c.consume(10_000, 0.5):
+                for m in c.consume(10_000, 0.05):   # returns early only when full: keep the wait short
                     err = m.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
