@@ -28,3 +28,13 @@ def test_bench_smoke_runs_are_correct(tmp_path: Path):
     for name, run in runs.items():
         assert run["correct"] is True, name
         assert run["events_per_s"] > 0, name
+
+
+def test_recovery_benchmark_recovers_the_writers_state():
+    """`python -m benchmarks.recovery` on a small changelog: both recoveries equal the writer's store
+    (checked inside ``run``), the standby reads only what it was behind."""
+    from benchmarks.recovery import run
+
+    r = run(keys=2_000, value_bytes=50, flush=500, behind=1)
+    assert r["records"] == 2_500 and r["standby_records"] == 500
+    assert r["full_s"] > 0 and r["standby_s"] > 0
