@@ -85,3 +85,47 @@ def test_a_healthy_scorer_stores_what_it_published(tmp_path: Path) -> None:
     published = [v for t, v in zip(producer.topics, producer.sent) if t == s.topic("predictions")]
     assert sorted(published) == sorted(v for _, v in store.scan("p:"))
     store.close()
+
+
+def test_a_partition_is_opened_once_and_after_a_standby_refresh_of_it(tmp_path: Path) -> None:
+    """Concurrent opens share one recovery; an open waits for a standby refresh of the same partition."""
+    s = Settings(state_dir=tmp_path, changelog=False, metrics_port=0, snapshot_key="k" * 32)
+    scorer = BatchScorer(s, load_spec("elec2"), producer=FlakyProducer(ok=10**9))  # type: ignore[arg-type]
+    calls: list[list[int]] = []
+    real = scorer.open_stores
+
+    def counting(partitions):  # type: ignore[no-untyped-def]
+        calls.append(sorted(partitions))
+        return real(partitions)
+
+    scorer.open_stores = counting  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        refresh = asyncio.get_running_loop().create_future()
+        scorer._track([0], refresh)                      # a standby refresh of partition 0 is running
+        opening = asyncio.ensure_future(scorer.open_partitions([0]))
+        await asyncio.sleep(0.05)
+        assert not opening.done() and 0 not in scorer.processors and calls == []
+        refresh.set_result({})                           # the refresh closes its copy ...
+        await opening                                    # ... and only then is the partition opened
+        assert calls == [[0]] and 0 in scorer.processors
+        await asyncio.gather(scorer.open_partitions([1]), scorer.open_partitions([1, 0]))
+        assert calls == [[0], [1]]                       # one recovery for partition 1, none again for 0
+        await scorer.opened([0, 1])
+
+    asyncio.run(scenario())
+    scorer.close()
+
+
+def test_an_owner_waits_for_a_store_locked_elsewhere(tmp_path: Path) -> None:
+    """A standby (another worker process on this state directory) holding the store's lock delays an open."""
+    import threading
+
+    s = Settings(state_dir=tmp_path, changelog=False, metrics_port=0, snapshot_key="k" * 32)
+    scorer = BatchScorer(s, load_spec("elec2"), producer=FlakyProducer(ok=10**9))  # type: ignore[arg-type]
+    holder = PartitionStore(scorer.state_path(0))
+    with pytest.raises(Exception, match="(?i)lock"):
+        scorer._open_local(0, timeout=0.3)               # never released: the lock error after the deadline
+    threading.Timer(0.3, holder.close).start()
+    store = scorer._open_local(0, timeout=10)            # released while waiting: opened
+    store.close()
