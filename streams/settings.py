@@ -64,7 +64,8 @@ class Settings(BaseSettings):
         10.0, ge=0,
         description="Seconds between two refreshes of this worker's standby replicas: local copies of the "
                     "partitions it does not own, caught up with their changelogs, so a takeover reads only "
-                    "what was written since (0: no standbys; needs the changelog).")
+                    "what was written since (0: no standbys; needs the changelog). Every worker keeps a copy "
+                    "of every partition: N workers hold N-1 standby copies, in disk and changelog reads.")
     delivery_timeout_s: float = Field(
         300.0, gt=0,
         description="Seconds a produced output or changelog record may wait for the broker (librdkafka "
