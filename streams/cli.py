@@ -48,7 +48,8 @@ def _settings_flags(p: argparse.ArgumentParser, *names: str) -> None:
         flag = "--" + name.replace("_", "-")
         secret = "password" in name or name.endswith("_key")
         default = "" if secret else f" Default: {f.default!r}." if f.default in ("", None) else f" Default: {f.default}."
-        g.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper(),
+        metavar = "true|false" if f.annotation is bool else name.split("_")[-1].upper()
+        g.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=metavar,
                        help=f"{f.description} [env: {Settings.env_name(name)}]{default}".replace("%", "%%"))
 
 
