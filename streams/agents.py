@@ -236,7 +236,8 @@ class BatchScorer:
             store = store if store is not None else self.open_store(partition)
             proc = PartitionProcessor(self.spec, store, partition,
                                       max_event_bytes=self.settings.max_event_bytes,
-                                      snapshot_key=self.snapshot_key, device=self.settings.device)
+                                      snapshot_key=self.snapshot_key, device=self.settings.device,
+                                      dedupe_ttl_ms=int(self.settings.dedupe_ttl_s * 1000))
             self.processors[partition] = proc
             log.info("partition %d opened: model versions %s", partition,
                      {n: proc.version_of(n) for n in proc.prequential} if proc.models else "-")

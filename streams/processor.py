@@ -47,15 +47,17 @@ import msgspec
 import orjson
 
 from models import build_model, persistence
-from models.evaluate import prequential_for
 from models.base import ModelSpec
 from models.blend import Blend
+from models.evaluate import prequential_for
 from models.rules import RuleSet
 from streams.features import Windows
+from streams.retention import BUCKET_PREFIX as RETENTION_PREFIX
+from streams.retention import WATERMARK_KEY as RETENTION_WATERMARK
+from streams.retention import DedupeRetention
 from streams.schemas import Codec, Decoded, Reason
 from streams.spec import PipelineSpec
 from streams.state import PartitionStore
-
 
 #: New events scored per torch forward pass: large enough to amortise a pass
 #: (~0.2 ms), small enough that a training step (every ``batch_size`` labels)
@@ -115,7 +117,8 @@ class PartitionProcessor:
 
     def __init__(self, spec: PipelineSpec, store: PartitionStore, partition: int, *,
                  max_event_bytes: int = 1_000_000, snapshot_key: bytes | None = None,
-                 clock: Callable[[], float] = time.time, device: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, device: str | None = None,
+                 dedupe_ttl_ms: int = 0) -> None:
         self.spec = spec
         self.store = store
         self.partition = partition
@@ -161,6 +164,15 @@ class PartitionProcessor:
         self._restored: set[str] = set()
         if snapshot_key is not None:
             self._restore()
+        #: dedupe retention (streams/retention.py): event ids forgotten ``dedupe_ttl_ms`` of event
+        #: time after their event; 0: remembered for ever
+        self._retention: DedupeRetention | None = None
+        if dedupe_ttl_ms > 0:
+            raw_wm = store.get(RETENTION_WATERMARK)
+            self._retention = DedupeRetention(
+                dedupe_ttl_ms, store.get, store.delete,
+                known=[int(k[len(RETENTION_PREFIX):]) for k, _ in store.scan(RETENTION_PREFIX)],
+                watermark=None if raw_wm is None else int(raw_wm))
         #: label timeouts: a heap of (deadline, event id), mirrored in state as "t:<event id>"
         self._timeout = spec.label_timeout_ms if spec.label_default is not None and self.models else None
         self._provisional = self._timeout is not None and spec.label_provisional
@@ -350,6 +362,8 @@ class PartitionProcessor:
             doc = {"event_id": eid, "key": d.key, "ts": d.ts, "features": feats}
         pred = self._dumps(doc)
         self.store.put("p:" + eid, pred)
+        if self._retention is not None and (gone := self._retention.add(eid, d.ts)):
+            self._forget(gone)
         out.append(_new(Output, ("predictions", rec.key, pred)))
         stats.predictions += 1
         if rec.timestamp:
@@ -557,6 +571,16 @@ class PartitionProcessor:
         raw = self.store.get("e:" + eid)
         return None if raw is None else (orjson.loads(raw), True)
 
+    def _forget(self, event_ids: list[str]) -> None:
+        """Past the dedupe retention: delete what state holds of these events (see streams/retention.py)."""
+        delete, opened = self.store.delete, self._open
+        for eid in event_ids:
+            delete("p:" + eid)
+            delete("y:" + eid)
+            found = opened.pop(eid, None)
+            if found is None or found[1]:
+                delete("e:" + eid)
+
     def _close(self, eid: str) -> None:
         """Forget an event's features and scores (labelled, or timed out)."""
         found = self._open.pop(eid, None)
@@ -623,6 +647,9 @@ class PartitionProcessor:
                     self.store.put("w:" + kind, str(wm).encode())
         if self.snapshot_key is not None and self._learned_since_snapshot:
             self._snapshot()
+        if self._retention is not None:
+            for k, v in self._retention.take_dirty():
+                self.store.put(k, v)
 
     def close(self) -> None:
         self.store.close()

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
                     "embedded broker on s3:// storage: it answers a fetch with no records when reading a "
                     "partition's batches takes longer, and a worker would never get further.")
     commit_interval_s: float = Field(1.0, gt=0, description="Seconds between offset commits (outputs and state are flushed first).")
+    dedupe_ttl_s: float = Field(
+        0.0, ge=0,
+        description="Event-time seconds an event id is remembered after its event: its stored prediction "
+                    "(the answer to a redelivery) and labelled marker are deleted once the partition's "
+                    "newest event is this much later, so state stays bounded. A redelivery or label later "
+                    "than that is treated as new. 0: remembered for ever.")
     standby_interval_s: float = Field(
         10.0, ge=0,
         description="Seconds between two refreshes of this worker's standby replicas: local copies of the "
