@@ -122,17 +122,18 @@ class BatchScorer:
         All partitions are recovered in one read of the changelog: a worker
         given four partitions waits for the longest one, not for the sum.
         """
-        stores = {p: self._open_local(p) for p in partitions}
-        if self.changelog is not None and stores:
-            try:
-                recoveries = self.changelog.recover_many(stores)
-            except BaseException:
-                for st in stores.values():
-                    st.close()
-                raise
-            for rec in recoveries.values():
-                self.metrics.changelog_restored.inc(rec.applied)
-                self.metrics.changelog_recovery.observe(rec.seconds)
+        stores: dict[int, PartitionStore] = {}
+        try:
+            for p in partitions:
+                stores[p] = self._open_local(p)
+            if self.changelog is not None and stores:
+                for rec in self.changelog.recover_many(stores).values():
+                    self.metrics.changelog_restored.inc(rec.applied)
+                    self.metrics.changelog_recovery.observe(rec.seconds)
+        except BaseException:       # nothing half-open stays locked
+            for st in stores.values():
+                st.close()
+            raise
         return stores
 
     def _open_local(self, partition: int, timeout: float = 60.0) -> PartitionStore:
