@@ -23,8 +23,7 @@ from confluent_kafka import KafkaException, Producer
 
 from models import persistence
 from models.registry import BATCH_KINDS
-from streams.broker import create_topics
-from streams.changelog import CHANGELOG_CONFIG, Changelog
+from streams.changelog import Changelog, create_changelog_topic
 from streams.metrics import Metrics
 from streams.processor import PartitionProcessor
 from streams.settings import Settings
@@ -113,8 +112,7 @@ class BatchScorer:
     def create_changelog_topic(self) -> None:
         """Create the changelog topic (compacted, a partition per input partition) if it is missing."""
         if self.changelog is not None:
-            create_topics(self.settings.broker, {self.changelog.topic: self.settings.partitions},
-                          config=CHANGELOG_CONFIG, client_config=self.settings.kafka_client_config())
+            create_changelog_topic(self.settings, self.spec.name)
 
     def open_stores(self, partitions: Iterable[int]) -> dict[int, PartitionStore]:
         """The partitions' local stores, brought up to date from the changelog (when there is one).

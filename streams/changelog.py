@@ -40,6 +40,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from streams.broker import create_topics
+from streams.settings import Settings
 from streams.state import PartitionStore
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,14 @@ CHANGELOG_CONFIG = {"cleanup.policy": "compact", "retention.ms": "-1", "retentio
 
 #: Most bytes of one changelog record (a model snapshot is one record).
 MAX_RECORD_BYTES = 32 * 1024 * 1024
+
+
+def create_changelog_topic(settings: Settings, pipeline: str) -> str:
+    """Create ``pipeline``'s changelog topic (compacted, a partition per input partition) if missing; its name."""
+    topic = settings.changelog_topic(pipeline)
+    client = {k: v for k, v in settings.kafka_client_config().items() if k != "bootstrap.servers"}
+    create_topics(settings.broker, {topic: settings.partitions}, config=CHANGELOG_CONFIG, client_config=client)
+    return topic
 
 
 class ChangelogError(RuntimeError):

@@ -94,18 +94,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     from streams.broker import create_topics
 
-    from streams.changelog import CHANGELOG_CONFIG
+    from streams.changelog import create_changelog_topic
     from streams.spec import load_spec
 
     s = _settings(args)
-    client = {k: v for k, v in s.kafka_client_config().items() if k != "bootstrap.servers"}
     topics = {s.topic(t): s.partitions for t in ("events", "labels", "predictions", "dlq")} | {s.topic("metrics"): 1}
-    create_topics(s.broker, topics, client_config=client)
+    create_topics(s.broker, topics, client_config={k: v for k, v in s.kafka_client_config().items()
+                                                   if k != "bootstrap.servers"})
     made = sorted(topics)
     if s.changelog:
-        changelog = {s.changelog_topic(load_spec(s.pipeline).name): s.partitions}
-        create_topics(s.broker, changelog, config=CHANGELOG_CONFIG, client_config=client)
-        made += sorted(changelog)
+        made.append(create_changelog_topic(s, load_spec(s.pipeline).name))
     print("topics:", ", ".join(made))
     return 0
 

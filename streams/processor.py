@@ -573,13 +573,11 @@ class PartitionProcessor:
 
     def _forget(self, event_ids: list[str]) -> None:
         """Past the dedupe retention: delete what state holds of these events (see streams/retention.py)."""
-        delete, opened = self.store.delete, self._open
+        delete = self.store.delete
         for eid in event_ids:
             delete("p:" + eid)
             delete("y:" + eid)
-            found = opened.pop(eid, None)
-            if found is None or found[1]:
-                delete("e:" + eid)
+            self._close(eid)
 
     def _close(self, eid: str) -> None:
         """Forget an event's features and scores (labelled, or timed out)."""
