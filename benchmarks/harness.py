@@ -418,64 +418,8 @@ def format_table(report: dict[str, Any]) -> str:
 MARKDOWN_HEADER = """\
 # Benchmarks
 
-`make bench` (= `.venv/bin/python -m benchmarks`, also `streamscore bench`)
-starts its own embedded broker (Tansu), produces a synthetic workload and runs
-each system below against the same data. `python -m benchmarks --quick` is a
-smoke run (20k events, 1 repetition); `--only raw,windowed` picks runs;
-`--help` lists every option. Each invocation writes
-`benchmarks/results/latest.json` and appends a dated row set below
-(`--no-record`: neither).
-
-**Workload.** 200,000 JSON events (`--events`) `{"event_id", "ts", "user",
-"merchant", "country", "amount", "quantity"}`, 4 partitions, keyed by user
-(10,000 users drawn Zipf-like, 500 merchants, 20 countries, lognormal amounts),
-event time 1 ms apart from a fixed epoch, seed 42: the same bytes every run.
-Records go to partition crc32(user) % 4; the Zipf-like keys make partitions
-uneven (20.5 / 33.5 / 19.8 / 26.1 % of the events), which bounds what a
-second worker can add. The `full` runs also get an inline label record `{"event_id", "ts", "label"}`
-right after every event on the events topic.
-
-**Runs.**
-
-| run | what |
-|---|---|
-| `raw` | plain confluent-kafka consumer loop + orjson + a dict: per-user 60 s tumbling (event time) count and mean, one JSON output per event, produced without awaiting each send; one process, assigned the 4 partitions; no commits, no persistent state |
-| `faust_naive` | the textbook faust agent: `async for event in stream`, a faust Table on RocksDB (`rocksdb://`, rocksdict driver, changelog topic), `await topic.send()` per output; on the first 20,000 events only (`--naive-events`) |
-| `windowed` | one streamscore worker process, `benchmarks/pipelines/windowed.toml` (the window of `raw`, no model) |
-| `full` | one streamscore worker, `benchmarks/pipelines/full.toml`: 3 keys × 3 tumbling windows (60 s, 600 s, 3600 s; count, mean) + River logistic regression learning from the inline labels |
-| `full_2workers` | two worker processes of `full` in one consumer group |
-
-**Measures.** Each throughput run uses fresh topics, consumer group and
-state directory, with the workload produced *before* the system starts
-(production is not timed). *events/s*: outputs / (Kafka timestamp of the last
-output − that of the first), read back from the output topic; the timestamps
-are taken by the system's own producer when it publishes, so start-up and the
-group join are excluded; median of 3 repetitions (`--repeat`). *CPU %*: sum
-over the system's processes of the utime+stime delta (/proc/PID/stat) over
-its busy time, from the start of consumption (the first 50 ms interval in
-which it uses > 20 % of a core after joining) to its last output (polled
-every 50 ms), 100 % = one core (the broker is not included; its share is
-`broker_cpu_pct` in the JSON). *Peak RSS*: VmHWM summed over the processes.
-*p50/p99*: a separate run where a paced producer offers the events at half
-the measured events/s while the system runs; latency = output Kafka timestamp
-− input Kafka timestamp (1 ms resolution), first second excluded (at most
-a fifth of the run), 10 s per run (`--latency-seconds`) or the whole workload
-if shorter.
-*correct*: every event has exactly one output (or byte-identical duplicates),
-no dead letters, every window feature equals a brute-force recomputation
-over the produced events (count exact, mean to 1e-9; a window keyed by
-merchant or country may match the global or the per-partition recomputation,
-and which one matched is noted under the row set), and scored runs carry a
-score in [0, 1]; checked after every run, the latency run included.
-
-Everything runs on one machine: broker, system under test, the paced producer
-and the harness share its cores, so figures compare runs with each other on
-the same machine, not with a cluster. Latency has a floor set by the embedded
-broker: a fetch that finds no new data is answered after `fetch.wait.max.ms`
-(500 ms by default in librdkafka and aiokafka), not when data arrives; a
-probe consumer with librdkafka defaults at 100 records/s sees p50 ≈ 240 ms,
-p99 ≈ 430 ms on it. A consumer that keeps up keeps hitting that wait, so
-p50/p99 of a few hundred ms here mostly measure the broker.
+Row sets appended by `make bench` (`python -m benchmarks`); `python -m
+benchmarks --help` says what each run and each column measures.
 """
 
 

@@ -33,7 +33,8 @@ MEAN_NAME = "amount_mean_60s_by_user"
 def run(broker: str, topic: str, out_topic: str, partitions: int, expected: int, status: str,
         group: str) -> int:
     settings = Settings(broker=broker)
-    consumer = Consumer(settings.consumer_config(group=group))
+    # the worker's fetch settings (fetch.wait.max.ms = fetch_wait_ms): the same latency floor
+    consumer = Consumer(settings.consumer_config(group=group, **{"fetch.wait.max.ms": settings.fetch_wait_ms}))
     producer = Producer(settings.producer_config(**{"enable.idempotence": False}))
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     state: dict[str, list[float]] = {}    # user -> [window start, count, sum]
@@ -44,7 +45,12 @@ def run(broker: str, topic: str, out_topic: str, partitions: int, expected: int,
     last_status = time.monotonic()
     reported = False
     while n < expected:
-        msgs = consumer.consume(10_000, 0.2)
+        # what is fetched already, at once; else wait for the first record only (as the worker
+        # does): consume(n, timeout) would hold a partial batch until n records or the timeout
+        msgs = consumer.consume(10_000, 0)
+        if not msgs:
+            first = consumer.poll(0.05)
+            msgs = [first] if first is not None else []
         for m in msgs:
             if m.error():
                 continue
