@@ -59,6 +59,7 @@ class BatchScorer:
         self._logical = {v: k for k, v in self._topics.items()}
         self._delivery_errors: list[str] = []
         self._last_metrics = time.monotonic()
+        self._last_flush = time.monotonic()
         self.worker_id = f"{os.uname().nodename}-{os.getpid()}"
         #: (logical topic, partition) -> records behind the fetch high watermark
         self.lag: dict[tuple[str, int], int] = {}
@@ -217,7 +218,9 @@ class BatchScorer:
         for p in partitions:
             try:
                 stores[p] = PartitionStore(self.state_path(p))
-            except Exception:  # noqa: BLE001 - open in another worker process on this state directory
+            except Exception as exc:  # noqa: BLE001 - a standby is an optimisation: never stop for it
+                if "lock" not in str(exc).lower():   # else: open in another worker on this state directory
+                    log.warning("standby store of partition %d cannot be opened: %s", p, exc)
                 continue
         try:
             # a short deadline: a standby refresh must never hold a stopping worker for long
@@ -337,8 +340,14 @@ class BatchScorer:
             raise
         self.producer.poll(0)
         self._count(logical, len(records), proc, time.perf_counter() - t0)
-        if time.monotonic() - self._last_metrics >= self.settings.metrics_interval_s:
+        now = time.monotonic()
+        if now - self._last_metrics >= self.settings.metrics_interval_s:
             self.publish_metrics()
+        if now - self._last_flush >= self.settings.commit_interval_s:
+            # flush on our own clock too, not only when faust commits: faust's commit timer
+            # slips behind its interval while a commit waits on the broker, and each flush
+            # stalls the loop for time proportional to what it holds (see flush)
+            self.flush()
 
     def _fail(self, reason: str) -> None:
         """A batch failed half-way: its state may hold answers that were never published.
@@ -419,6 +428,7 @@ class BatchScorer:
             proc.prepare()
             if self.changelog is not None:
                 proc.store.staged(self.changelog.send(proc.partition, proc.store.dirty_items()))
+        batches = [proc.store.batch() for proc in procs]   # built while the producers deliver
         if self._producer is not None:
             left = self._producer.flush(timeout)
             if left:
@@ -428,9 +438,10 @@ class BatchScorer:
             raise DeliveryError(f"{len(errs)} output records failed: {errs[:3]}")
         if self.changelog is not None and (errs := self.changelog.flush(timeout)):
             raise DeliveryError(f"changelog records not delivered: {errs[:3]}")
-        for proc in procs:
-            proc.store.flush()
+        for proc, wb in zip(procs, batches):
+            proc.store.write(wb)
         self.save_checkpoints()
+        self._last_flush = time.monotonic()
 
     def close(self, partitions: Iterable[int] | None = None) -> None:
         """Flush and close the processors of ``partitions`` (all by default)."""

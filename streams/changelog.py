@@ -95,6 +95,8 @@ class Changelog:
             "enable.idempotence": False,
             "max.in.flight.requests.per.connection": 1,
             "compression.type": "lz4",
+            # a commit's records are sent at once and waited for: lingering only delays them
+            "linger.ms": 0,
             "message.max.bytes": max(int(producer_config.get("message.max.bytes", 0)), MAX_RECORD_BYTES),
             "delivery.report.only.error": True,
             "on_delivery": self._on_delivery,

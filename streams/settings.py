@@ -59,7 +59,12 @@ class Settings(BaseSettings):
                     "fetch.wait.max.ms): the latency floor of a worker that keeps up. Use >= 500 with an "
                     "embedded broker on s3:// storage: it answers a fetch with no records when reading a "
                     "partition's batches takes longer, and a worker would never get further.")
-    commit_interval_s: float = Field(1.0, gt=0, description="Seconds between offset commits (outputs and state are flushed first).")
+    commit_interval_s: float = Field(
+        0.1, gt=0,
+        description="Seconds between flushes (outputs delivered, then the changelog, then the local state) "
+                    "and offset commits. A flush holds up scoring for time proportional to what it carries "
+                    "(about 30 ms for 0.1 s at 68,000 events/s on 2 cores): longer intervals cost latency "
+                    "(p99 ~200 ms at 1 s), not throughput.")
     dedupe_ttl_s: float = Field(
         0.0, ge=0,
         description="Event-time seconds an event id is remembered after its event: its stored prediction "

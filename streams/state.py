@@ -81,8 +81,16 @@ class PartitionStore:
 
     def flush(self) -> int:
         """Write every dirty key in one batch; returns how many were written."""
+        return self.write(self.batch())
+
+    def batch(self) -> WriteBatch | None:
+        """The RocksDB batch :meth:`write` would write now (None: nothing dirty); changes nothing.
+
+        Why separate: building the batch is Python work (~0.5 µs a key) that a
+        worker does while its producers deliver, before it may write.
+        """
         if not self._dirty:
-            return 0
+            return None
         wb = WriteBatch(raw_mode=True)
         for k, v in self._dirty.items():
             if v is _DELETED:
@@ -93,8 +101,14 @@ class PartitionStore:
             at = self.changelog_offset
             if at is not None:
                 wb.put(CHANGELOG_OFFSET, str(at + self._staged).encode())
-            self._staged = None
+        return wb
+
+    def write(self, wb: WriteBatch | None) -> int:
+        """Write ``wb`` (from :meth:`batch`, nothing put since) and clear the dirty keys; how many."""
+        if wb is None:
+            return 0
         self._db.write(wb)
+        self._staged = None
         n = len(self._dirty)
         self._dirty = {}
         return n
