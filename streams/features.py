@@ -38,7 +38,11 @@ Sliding windows (``kind = "sliding"``, per entity, event time): an event at
   (for an in-order stream); the feature is *omitted* from the event's features
   when there is no such item (missing, not zero); and ``since``: ``end -`` the
   ts of that same item (ms since the entity's previous event; ``end`` is the
-  event's ts, or ``newest`` for a late event), omitted with it.
+  event's ts, or ``newest`` for a late event), omitted with it. ``distinct``:
+  the distinct values among the window's items, always exact (the items are
+  held anyway; ``distinct_exact_max`` does not apply), kept with a count per
+  value of the items of ``(newest - size_ms, newest]`` (O(1) per event in
+  order; O(window) within grace).
 * State per entity: the live items ``[[ts...], [value...]]`` with
   ``ts > newest - size_ms - grace_ms`` (what any event not yet late can need);
   older items are evicted, so state is bounded by the events of one
@@ -87,8 +91,9 @@ the event included (``ext.SessionTable``; state: O(1) per entity).
   entity's whole history, use a gap longer than the stream.
 
 Value aggregations (sum, mean, min, max, var, std, last, decay_*) need a
-numeric field; count, since, duration and distinct of hopping and session
-windows only need the field *present*, so any event field works (an item id).
+numeric field; count, since, duration and distinct of sliding, hopping and
+session windows only need the field *present*, so any event field works (an
+item id).
 
 ``distinct``: the number of distinct values of the field in the window (or
 session). Values are compared as strings, and numbers by their float value
@@ -172,7 +177,7 @@ AGGREGATIONS = ("count", "sum", "mean", "min", "max", "var", "std", "last", "sin
 #: what each kind supports (tumbling state holds count/sum/min/max only)
 KIND_AGGREGATIONS = {
     "tumbling": ("count", "sum", "mean", "min", "max"),
-    "sliding": ("count", "sum", "mean", "min", "max", "var", "std", "last", "since"),
+    "sliding": ("count", "sum", "mean", "min", "max", "var", "std", "last", "since", "distinct"),
     "hopping": ("count", "sum", "mean", "min", "max", "var", "std", "distinct"),
     "session": ("count", "sum", "mean", "min", "max", "var", "std", "since", "duration", "distinct",
                 "decay_sum", "decay_mean"),
@@ -285,8 +290,8 @@ class WindowSpec:
 
     @property
     def reads_values(self) -> bool:
-        """True when the field must be numeric (tumbling and sliding always read it)."""
-        return self.kind in ("tumbling", "sliding") or bool(VALUE_AGGREGATIONS & set(self.aggs))
+        """True when the field must be numeric (tumbling always reads it)."""
+        return self.kind == "tumbling" or bool(VALUE_AGGREGATIONS & set(self.aggs))
 
     def _ident(self) -> str:
         if self.kind == "hopping":
@@ -337,8 +342,9 @@ class WindowSpec:
 
 #: columns of TumblingTable.update_many's output
 _COLUMNS = {"count": 0, "sum": 1, "mean": 2, "min": 3, "max": 4}
-#: columns of the sliding plan's rows: SlidingWindow.update_many's six, then std, last and since
-_SCOLUMNS = {"count": 0, "sum": 1, "mean": 2, "min": 3, "max": 4, "var": 5, "std": 6, "last": 7, "since": 8}
+#: columns of the sliding plan's rows: SlidingWindow.update_many's six, then std, last, since and distinct
+_SCOLUMNS = {"count": 0, "sum": 1, "mean": 2, "min": 3, "max": 4, "var": 5, "std": 6, "last": 7, "since": 8,
+             "distinct": 9}
 #: columns of the hopping plan's rows: HoppingTable.update_many's six, then std and distinct
 _HCOLUMNS = {"count": 0, "sum": 1, "mean": 2, "min": 3, "max": 4, "var": 5, "std": 6, "distinct": 7}
 #: columns of the session plan's rows: SessionTable.update_many's ten, then std and distinct
@@ -381,6 +387,7 @@ class _Sliding:
         self.dirty: dict[str, None] = {}
         self.late = 0
         self.since = "since" in spec.aggs
+        self.distinct = _SlidingDistinct(spec) if "distinct" in spec.aggs else None
 
     # -- state ------------------------------------------------------------
     def _from_items(self, ts: list[int], vals: list[float]) -> _Entity:
@@ -404,12 +411,26 @@ class _Sliding:
             ts, vals = (e.keep or e.win).state()
             out.append((k, orjson.dumps([ts, vals])))
         self.dirty.clear()
+        if self.distinct is not None:
+            out += self.distinct.take_dirty()
         return out
+
+    def bound(self, max_cached: int) -> None:
+        """Drop the cached state when it exceeds ``max_cached`` entities (after take_dirty)."""
+        if len(self.entities) > max_cached:
+            self.entities.clear()
+        if self.distinct is not None and len(self.distinct.entities) > max_cached:
+            self.distinct.entities.clear()
 
     # -- updates ------------------------------------------------------------
     def update_many(self, keys: list[str], ts: np.ndarray, values: np.ndarray, has: np.ndarray,
-                    load: Callable[[str], bytes | None]) -> np.ndarray:
-        """Rows ``[count, sum, mean, min, max, var, std, last, since]`` (last/since NaN: none) per event."""
+                    load: Callable[[str], bytes | None], entities: Sequence[str] = (),
+                    raw: Sequence[object] = ()) -> np.ndarray:
+        """Rows ``[count, sum, mean, min, max, var, std, last, since, distinct]`` per event.
+
+        (last/since NaN: none; distinct from ``entities`` and the ``raw`` field
+        values, only when the definition has it.)
+        """
         n = len(keys)
         self.load(dict.fromkeys(keys), load)
         codes_of: dict[str, int] = {}
@@ -436,7 +457,7 @@ class _Sliding:
         prev_ts[starts], prev_val[starts] = first_prev_ts, first_prev_val
         ok = has_s & (ts_s >= prev_ts)        # appends in order (the fast path) ...
         all_ok = np.logical_and.reduceat(ok, starts)   # ... for every row of the group
-        res = np.empty((n, 9), dtype=np.float64)
+        res = np.empty((n, 10), dtype=np.float64)
         size, dirty = self.size, self.dirty
         ts_l, v_l = ts_s.tolist(), v_s.tolist()
         for a, b, fast, e, key in zip(starts.tolist(), ends.tolist(), all_ok.tolist(), ents, group_keys):
@@ -450,7 +471,7 @@ class _Sliding:
             else:
                 has_l = has_s[a:b].tolist()
                 for i in range(a, b):
-                    res[i] = self._one(key, e, ts_l[i], v_l[i], has_l[i - a])
+                    res[i, :9] = self._one(key, e, ts_l[i], v_l[i], has_l[i - a])
         # std, last and since of the fast rows (the slow rows wrote theirs)
         np.sqrt(res[:, 5], out=res[:, 6])
         fast_rows = np.repeat(all_ok, ends - starts)
@@ -460,11 +481,13 @@ class _Sliding:
         if self.since:
             since = np.where(prev_in, (ts_s - np.where(prev_in, prev_ts, ts_s)).astype(np.float64), _NAN)
             res[fast_rows, 8] = since[fast_rows]
-        if order is None:
-            return res
-        out = np.empty_like(res)
-        out[order] = res
-        return out
+        if order is not None:
+            out = np.empty_like(res)
+            out[order] = res
+            res = out
+        if self.distinct is not None:
+            res[:, 9] = self.distinct.update_many(entities, ts.tolist(), raw, load)
+        return res
 
     def _one(self, key: str, e: _Entity, t: int, v: float, has: bool) -> tuple[float, ...]:
         """One event of a group that is not all in-order appends (see the module docstring)."""
@@ -618,13 +641,18 @@ class _Distinct:
         ents = self.entities
         for k in dict.fromkeys(keys):
             if k not in ents and (b := load(k)) is not None:
-                st = orjson.loads(b)
-                if self.hopping:
-                    ents[k] = [st[0], {bk: _load_part(p) for bk, p in st[1]}]
-                else:
-                    ents[k] = [st[0], st[1], _load_part(st[2])]
-        row = self._hop_row if self.hopping else self._session_row
+                ents[k] = self._load(b)
+        row = self._row
         return np.fromiter((row(k, t, v) for k, t, v in zip(keys, ts, raw)), dtype=np.float64, count=len(keys))
+
+    def _load(self, raw: bytes) -> list[Any]:
+        st = orjson.loads(raw)
+        if self.hopping:
+            return [st[0], {bk: _load_part(p) for bk, p in st[1]}]
+        return [st[0], st[1], _load_part(st[2])]
+
+    def _row(self, key: str, t: int, v: object) -> float:
+        return self._hop_row(key, t, v) if self.hopping else self._session_row(key, t, v)
 
     def _hop_row(self, key: str, t: int, v: object) -> float:
         hop, m = self.hop, self.m
@@ -677,6 +705,88 @@ class _Distinct:
             else:
                 doc = [st[0], st[1], _dump_part(st[2])]
             out.append((k, orjson.dumps(doc)))
+        self.dirty.clear()
+        return out
+
+
+class _SlidingDistinct(_Distinct):
+    """Exact distinct counts of one sliding definition (pure Python, shared by both backends).
+
+    Per entity: the items ``(ts, token)`` with ``ts > newest - size - grace``
+    in (ts, arrival) order, as the sliding window keeps its values, plus a
+    count per token of the items in ``(newest - size, newest]``, so an event
+    in order costs O(1) amortised; an event within grace or without a value
+    counts its own window ``(ts - size, ts]`` from the items (O(window)). A
+    late event gets the window of ``newest``. Exact, never a sketch: the
+    window's items are held anyway.
+    """
+
+    def __init__(self, spec: WindowSpec) -> None:
+        super().__init__(spec)
+        self.size = spec.size_ms
+        # entities: key -> [newest, [ts...], [token...], lo, {token: items in (newest - size, newest]}]
+
+    def _load(self, raw: bytes) -> list[Any]:
+        newest, ts, toks = orjson.loads(raw)
+        lo = bisect_right(ts, newest - self.size)
+        counts: dict[str, int] = {}
+        for t in toks[lo:]:
+            counts[t] = counts.get(t, 0) + 1
+        return [newest, ts, toks, lo, counts]
+
+    def _row(self, key: str, t: int, v: object) -> float:
+        st = self.entities.get(key)
+        size = self.size
+        if st is None:
+            if v is None:
+                return 0.0
+            self.entities[key] = [t, [t], [_token(v)], 0, {_token(v): 1}]
+            self.dirty[key] = None
+            return 1.0
+        newest, its, toks, lo, counts = st
+        if t < newest - self.grace:                           # late: the window of newest
+            return float(len(counts))
+        if v is None:                                         # the window ending at t over the items held
+            if t == newest:
+                return float(len(counts))
+            pos = bisect_right(its, t)
+            return float(len(set(toks[bisect_right(its, t - size, 0, pos):pos])))
+        tok = _token(v)
+        self.dirty[key] = None
+        if t >= newest:                                       # in order: O(1) amortised
+            its.append(t)
+            toks.append(tok)
+            counts[tok] = counts.get(tok, 0) + 1
+            st[0] = newest = t
+            edge = t - size
+            while its[lo] <= edge:                            # leaves the window of newest
+                old = toks[lo]
+                c = counts[old] - 1
+                if c:
+                    counts[old] = c
+                else:
+                    del counts[old]
+                lo += 1
+            drop = bisect_right(its, edge - self.grace, 0, lo)   # no longer needed for grace either
+            if drop:
+                del its[:drop], toks[:drop]
+                lo -= drop
+            st[3] = lo
+            return float(len(counts))
+        pos = bisect_right(its, t)                            # within grace: inserted in (ts, arrival) order
+        its.insert(pos, t)
+        toks.insert(pos, tok)
+        if t > newest - size:
+            counts[tok] = counts.get(tok, 0) + 1
+        else:
+            st[3] = lo + 1
+        return float(len(set(toks[bisect_right(its, t - size, 0, pos + 1):pos + 1])))
+
+    def take_dirty(self) -> list[tuple[str, bytes]]:
+        out = []
+        for k in self.dirty:
+            st = self.entities[k]
+            out.append((k, orjson.dumps([st[0], st[1], st[2]])))
         self.dirty.clear()
         return out
 
@@ -841,13 +951,17 @@ class Windows:
             else:
                 keys = [prefix + k for k in base]
                 num = numeric.get(field)
-                if num is None:
+                if num is None and isinstance(table, _Sliding) and not table.spec.reads_values:
+                    # count/since/distinct only: the field need not be numeric (an item id)
+                    num = (np.zeros(n, dtype=np.float64),
+                           np.fromiter((v is not None for v in vals), dtype=np.bool_, count=n))
+                elif num is None:
                     has = np.fromiter((v is not None for v in vals), dtype=np.bool_, count=n)
                     values = np.fromiter((0.0 if v is None else v for v in vals), dtype=np.float64, count=n)
                     num = numeric[field] = (values, has)
                 values, has = num
                 if isinstance(table, _Sliding):
-                    res = table.update_many(keys, ts_arr, values, has, load)
+                    res = table.update_many(keys, ts_arr, values, has, load, base, vals)
                 else:
                     for k in table.missing(keys):
                         raw = load(k)
@@ -879,10 +993,7 @@ class Windows:
                 for key, raw in table.take_dirty():
                     put(key, raw)
                     n += 1
-                if isinstance(table, _Keyed):
-                    table.bound(self.max_cached)
-                elif len(table.entities) > self.max_cached:
-                    table.entities.clear()
+                table.bound(self.max_cached)
                 continue
             for key, start, count, total, lo, hi in table.take_dirty():
                 put(key, orjson.dumps([start, count, total, lo if count else None, hi if count else None]))

@@ -185,7 +185,7 @@ def test_state_stays_bounded(backend, grace):
                                  {"kind": "hopping", "hop_ms": 1, "size_ms": 10**6},
                                  {"kind": "hopping", "hop_ms": 5, "aggs": ("last",)},
                                  {"kind": "hopping", "hop_ms": 5, "aggs": ("since",)},
-                                 {"kind": "tumbling", "hop_ms": 5}, {"kind": "sliding", "aggs": ("distinct",)},
+                                 {"kind": "tumbling", "hop_ms": 5}, {"kind": "tumbling", "aggs": ("distinct",)},
                                  {"kind": "hopping", "hop_ms": 5, "aggs": ("distinct",),
                                   "distinct_exact_max": 0}])
 def test_bad_hopping_specs_are_rejected(bad):

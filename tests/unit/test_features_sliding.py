@@ -32,7 +32,7 @@ SETTINGS = settings(max_examples=150, deadline=None,
 
 
 def brute_force(events, size, grace):
-    """[(features dict, late?)] for events [(key, ts, value or None)] processed in list order."""
+    """[(features, late?, scale)] for events [(key, ts, value or None)] in list order (values: numbers or ids)."""
     applied: list[tuple[str, int, int, float]] = []   # (key, ts, arrival, value)
     newest: dict[str, int] = {}
     out = []
@@ -47,26 +47,36 @@ def brute_force(events, size, grace):
             newest[k] = max(newest.get(k, t), t)
         xs = [x for _, _, x in items]
         n = len(xs)
-        if n:
+        if any(isinstance(x, str) for x in xs):        # item ids: count, distinct and since only
+            f = {"count": float(n)}
+        elif n:
             mean = math.fsum(xs) / n
             var = math.fsum((x - mean) ** 2 for x in xs) / n
             f = {"count": float(n), "sum": math.fsum(xs), "mean": mean, "min": min(xs), "max": max(xs),
                  "var": var, "std": math.sqrt(var)}
         else:
             f = dict.fromkeys(("count", "sum", "mean", "min", "max", "var", "std"), 0.0)
+        f["distinct"] = float(len(set(xs)))             # numbers by value: 1 and 1.0 are one
         if prev is not None:
             f["last"] = prev[2]
             f["since"] = float(end - prev[0])
-        out.append((f, late, max((abs(x) for x in xs), default=0.0)))
+        out.append((f, late, max((abs(x) for x in xs if not isinstance(x, str)), default=0.0)))
     return out
 
 
+IDS = st.one_of(st.none(), st.sampled_from(["a", "b", "c", "d", "e", "f"]))
+#: numbers with every value aggregate, and item ids (the field need not be numeric) with distinct
+CASES = [(values(small=50), AGGS), (IDS, ("count", "since", "distinct"))]
+
+
+@pytest.mark.parametrize("vals, aggs", CASES, ids=["numbers", "ids"])
 @SETTINGS
-@given(raw=streams(values(small=50)), size=st.sampled_from([1, 7, 100, 1000, 10**6]),
-       grace=st.sampled_from([0, 3, 100, 2000, 10**7]), in_order=st.booleans(), data=st.data())
-def test_sliding_equals_brute_force(backend, raw, size, grace, in_order, data):
+@given(size=st.sampled_from([1, 7, 100, 1000, 10**6]), grace=st.sampled_from([0, 3, 100, 2000, 10**7]),
+       in_order=st.booleans(), data=st.data())
+def test_sliding_equals_brute_force(backend, vals, aggs, size, grace, in_order, data):
+    raw = data.draw(streams(vals))
     events = sorted(raw, key=lambda e: e[1]) if in_order else raw
-    spec = WindowSpec(key="k", field="x", size_ms=size, kind="sliding", grace_ms=grace, aggs=AGGS)
+    spec = WindowSpec(key="k", field="x", size_ms=size, kind="sliding", grace_ms=grace, aggs=aggs)
     cuts = data.draw(st.lists(st.integers(1, 20), min_size=1, max_size=40))
     reload_at = frozenset(data.draw(st.lists(st.integers(0, 40), max_size=10)))
     got, late, _, _ = run(spec, events, backend, batches=cuts + [len(events)], reload_at=reload_at)
@@ -87,15 +97,23 @@ def run(*args, **kw):
 
 
 @pytest.mark.parametrize("grace", [0, 40, 500])
-def test_sliding_long_random_stream(backend, grace):
-    events = random_stream(1, 3000, disorder=600)
-    spec = WindowSpec(key="k", field="x", size_ms=400, kind="sliding", grace_ms=grace, aggs=AGGS)
+@pytest.mark.parametrize("distinct", [False, True])
+def test_sliding_long_random_stream(backend, grace, distinct):
+    """distinct: few values (integers up to 40, as floats), so the counts repeat values."""
+    if distinct:
+        events = _random_stream(8, 3000, keys=4, disorder=600, value=lambda r: float(r.randint(0, 40)))
+        aggs: tuple[str, ...] = ("count", "sum", "distinct")
+    else:
+        events, aggs = random_stream(1, 3000, disorder=600), AGGS
+    spec = WindowSpec(key="k", field="x", size_ms=400, kind="sliding", grace_ms=grace, aggs=aggs)
     rnd = random.Random(2)
     batches = [rnd.randint(1, 300) for _ in range(100)]
     got, late, _, _ = run(spec, events, backend, batches=batches, reload_at=frozenset(range(0, 100, 3)))
     expected = brute_force(events, 400, grace)
     check(got, expected, spec)
     assert late == sum(e[1] for e in expected) > 0
+    if distinct:
+        assert max(g["x_distinct_400ms_by_k"] for g in got) > 5
 
 
 def test_out_of_order_semantics(backend):
@@ -156,27 +174,31 @@ def test_native_and_reference_backends_agree_bit_for_bit():
         assert_bits_equal(list(x.values()), list(y.values()))
 
 
-@pytest.mark.parametrize("grace", [0, 1000])
-def test_state_stays_bounded(backend, grace):
-    """Bounded key set, advancing time: stored entries and bytes stop growing."""
-    spec = WindowSpec(key="k", field="x", size_ms=5_000, kind="sliding", grace_ms=grace, aggs=("count", "mean"))
+def bounded_key_stream(spec, backend, seed, batches, field="x", value=lambda rnd: rnd.random()):
+    """Yield the store after each batch of 100 events over 7 keys, 5-15 ms apart (reloaded every 20 batches)."""
     store: dict[str, bytes] = {}
     w = Windows([spec], kernels=backend)
-    rnd = random.Random(5)
-    sizes = []
+    rnd = random.Random(seed)
     t = 0
-    for batch in range(200):
+    for batch in range(batches):
         docs, ts = [], []
         for _ in range(100):
-            t += rnd.randint(5, 15)                              # 10 ms apart on average, 7 keys
-            docs.append({"k": rnd.randrange(7), "x": rnd.random()})
+            t += rnd.randint(5, 15)
+            docs.append({"k": rnd.randrange(7), field: value(rnd)})
             ts.append(t)
         w.update_batch(docs, ts, store.get)
         w.flush(store.__setitem__)
         if batch % 20 == 19:
             w = Windows([spec], kernels=backend)                 # reload from the store too
-        sizes.append((len(store), sum(len(v) for v in store.values()),
-                      max(len(orjson.loads(v)[0]) for v in store.values())))
+        yield store
+
+
+@pytest.mark.parametrize("grace", [0, 1000])
+def test_state_stays_bounded(backend, grace):
+    """Bounded key set, advancing time: stored entries and bytes stop growing."""
+    spec = WindowSpec(key="k", field="x", size_ms=5_000, kind="sliding", grace_ms=grace, aggs=("count", "mean"))
+    sizes = [(len(store), sum(len(v) for v in store.values()), max(len(orjson.loads(v)[0]) for v in store.values()))
+             for store in bounded_key_stream(spec, backend, 5, 200)]
     assert {s[0] for s in sizes[10:]} == {7}
     # items per key: at most the events of one size + grace span (gaps >= 5 ms)
     assert max(s[2] for s in sizes) <= (5_000 + grace) // 5 + 1
@@ -233,3 +255,15 @@ def test_tumbling_outputs_unchanged_by_kernels_argument(backend):
     assert late == table.late
     for key, start, count, total, lo, hi in table.take_dirty():
         assert store[key] == orjson.dumps([start, count, total, lo if count else None, hi if count else None])
+
+
+def test_sliding_distinct_state_stays_bounded(backend):
+    """Bounded key set, advancing time: the distinct state holds one size + grace span per key."""
+    spec = WindowSpec(key="k", field="item", size_ms=5_000, kind="sliding", grace_ms=1_000,
+                      aggs=("count", "distinct"))
+    sizes = []
+    for store in bounded_key_stream(spec, backend, 6, 150, field="item", value=lambda r: f"i{r.randrange(10_000)}"):
+        dist = [orjson.loads(v) for k, v in store.items() if k.startswith(spec.distinct_prefix)]
+        sizes.append((len(dist), max(len(d[1]) for d in dist)))
+    assert {s[0] for s in sizes[10:]} == {7}
+    assert max(s[1] for s in sizes) <= 6_000 // 5 + 1

@@ -317,11 +317,12 @@ def test_bad_windows_are_spec_errors(window: dict[str, Any], match: str) -> None
 def test_window_field_must_be_numeric_only_when_its_value_is_read() -> None:
     ok = parse_spec(_with_windows(
         {"key": "user", "field": "c", "kind": "session", "gap_ms": 10, "aggs": ["since", "count", "distinct"]},
-        {"key": "user", "field": "sku", "kind": "hopping", "size_ms": 20, "hop_ms": 10, "aggs": ["distinct"]}))
-    assert [w.field for w in ok.windows] == ["c", "sku"]
+        {"key": "user", "field": "sku", "kind": "hopping", "size_ms": 20, "hop_ms": 10, "aggs": ["distinct"]},
+        {"key": "user", "field": "sku", "kind": "sliding", "size_ms": 30, "aggs": ["count", "since", "distinct"]}))
+    assert [w.field for w in ok.windows] == ["c", "sku", "sku"]
     for window in ({"kind": "session", "gap_ms": 10, "aggs": ["sum"]},
                    {"kind": "hopping", "size_ms": 20, "hop_ms": 10, "aggs": ["count", "max"]},
-                   {"kind": "sliding", "size_ms": 20, "aggs": ["since"]},
+                   {"kind": "sliding", "size_ms": 20, "aggs": ["since", "last"]},
                    {"kind": "tumbling", "size_ms": 20, "aggs": ["count"]}):
         with pytest.raises(SpecError, match="must be a numeric feature"):
             parse_spec(_with_windows({"key": "user", "field": "sku", **window}), "t.toml")
