@@ -55,6 +55,7 @@ from streams.features import Windows
 from streams.retention import BUCKET_PREFIX as RETENTION_PREFIX
 from streams.retention import WATERMARK_KEY as RETENTION_WATERMARK
 from streams.retention import DedupeRetention
+from streams.retention import bucket_of as retention_bucket
 from streams.schemas import Codec, Decoded, Reason
 from streams.spec import PipelineSpec
 from streams.state import PartitionStore
@@ -171,8 +172,8 @@ class PartitionProcessor:
             raw_wm = store.get(RETENTION_WATERMARK)
             self._retention = DedupeRetention(
                 dedupe_ttl_ms, store.get, store.delete,
-                known=[int(k[len(RETENTION_PREFIX):]) for k, _ in store.scan(RETENTION_PREFIX)],
-                watermark=None if raw_wm is None else int(raw_wm))
+                known={retention_bucket(k) for k, _ in store.scan(RETENTION_PREFIX)},
+                watermark=None if raw_wm is None else int(raw_wm), scan=store.scan)
         #: label timeouts: a heap of (deadline, event id), mirrored in state as "t:<event id>"
         self._timeout = spec.label_timeout_ms if spec.label_default is not None and self.models else None
         self._provisional = self._timeout is not None and spec.label_provisional

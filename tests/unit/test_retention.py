@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from streams.processor import PartitionProcessor, Record
-from streams.retention import DedupeRetention
+from streams.retention import CHUNK, DedupeRetention, bucket_of
 from streams.spec import load_spec
 from streams.state import PartitionStore
 
@@ -106,3 +106,54 @@ def test_without_retention_every_id_stays(tmp_path: Path) -> None:
     p.flush()
     assert len(state_keys(p, "p:")) == 300 and not state_keys(p, "x:")
     p.close()
+
+
+def _run_retention(store: PartitionStore, n: int, flush_every: int, reopen_every: int = 0) -> list[str]:
+    """n ids in one bucket (then one that expires it), flushing every ``flush_every``; the ids expired."""
+    def make() -> DedupeRetention:
+        return DedupeRetention(16_000, store.get, store.delete, scan=store.scan,
+                               known={bucket_of(k) for k, _ in store.scan("x:")})
+    r, gone = make(), []
+    for i in range(n):
+        gone += r.add(f"e{i}", 5)
+        if (i + 1) % flush_every == 0:
+            for k, v in r.take_dirty():
+                store.put(k, v)
+            store.flush()
+            if reopen_every and (i + 1) % reopen_every == 0:
+                r = make()
+    for k, v in r.take_dirty():
+        store.put(k, v)
+    store.flush()
+    return gone
+
+
+def test_a_bucket_is_kept_in_fixed_chunks_whatever_the_flushes(tmp_path: Path) -> None:
+    """A flush rewrites one partial chunk per bucket, not the bucket; the keys do not depend on flush times."""
+    n = 2 * CHUNK + 300
+    states = []
+    for i, (every, reopen) in enumerate([(n, 0), (7, 0), (100, 350)]):
+        store = PartitionStore(tmp_path / f"s{i}")
+        assert _run_retention(store, n, every, reopen) == []
+        states.append(dict(store.items()))
+        store.close()
+    assert states[0] == states[1] == states[2]
+    chunks = {k: orjson.loads(v) for k, v in states[0].items() if k.startswith(b"x:")}
+    assert [len(v) for _, v in sorted(chunks.items())] == [CHUNK, CHUNK, 300]
+    assert [x for _, v in sorted(chunks.items()) for x in v] == [f"e{i}" for i in range(n)]
+
+
+def test_an_expired_chunked_bucket_gives_back_every_id_once(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "s")
+    n = CHUNK + 10
+    _run_retention(store, n, 100, reopen_every=500)
+    r = DedupeRetention(16_000, store.get, store.delete, scan=store.scan,
+                        known={bucket_of(k) for k, _ in store.scan("x:")})
+    r.add("late-comer", 6)                         # same bucket, in memory only
+    gone = r.add("new", 40_000)                     # the watermark passes bucket 0's end + ttl
+    assert gone == [f"e{i}" for i in range(n)] + ["late-comer"]
+    for k, v in r.take_dirty():
+        store.put(k, v)
+    store.flush()
+    assert [k for k, _ in store.scan("x:0:")] == []
+    store.close()
