@@ -519,6 +519,8 @@ class PartitionProcessor:
             return
         store.put("l:" + eid, self._dumps({"y": d.y, "ts": d.ts}))
         stats.labels_pending += 1
+        if self._retention is not None and (gone := self._retention.add(eid, d.ts)):
+            self._forget(gone)            # a label whose event never comes is forgotten too
 
     def _join(self, eid: str, doc: dict[str, Any], y: float, on_disk: bool = False) -> None:
         """A label meets its event's stored features and scores.
@@ -578,6 +580,7 @@ class PartitionProcessor:
         for eid in event_ids:
             delete("p:" + eid)
             delete("y:" + eid)
+            delete("l:" + eid)
             self._close(eid)
 
     def _close(self, eid: str) -> None:

@@ -2,7 +2,8 @@
 
 Why: every scored event leaves its stored prediction (``p:<id>``, the answer
 to a redelivery) and, once labelled, a marker (``y:<id>``) in the partition's
-state, and in its changelog. Kept for ever, they grow with the stream: at
+state, and in its changelog; a label whose event has not come waits as
+``l:<id>`` (and is remembered here by the label's ts). Kept for ever, they grow with the stream: at
 100,000 events/s, billions of keys a day. With a retention of ``ttl_ms``, an
 event id is forgotten once the partition's event-time watermark (the largest
 event ``ts`` it has seen) has passed the event's ``ts + ttl_ms``: its keys are

@@ -157,3 +157,23 @@ def test_an_expired_chunked_bucket_gives_back_every_id_once(tmp_path: Path) -> N
     store.flush()
     assert [k for k, _ in store.scan("x:0:")] == []
     store.close()
+
+
+def test_a_label_whose_event_never_comes_is_forgotten_too(tmp_path: Path) -> None:
+    """A pending label (``l:``) expires with the retention, in the label's event time."""
+    p = proc(tmp_path / "s")
+    orphan = {"event_id": "ghost", "ts": event(5)["ts"], "label": 1}
+    p.process("events", records([orphan], 0))
+    p.flush()
+    assert state_keys(p, "l:") == {"l:ghost"}
+    docs = stream(0, 120)                             # 120 s of event time: past ts + 60 s + a bucket
+    p.process("events", records(docs, 1))
+    p.flush()
+    assert state_keys(p, "l:") == set()
+    # and a label whose event does come is joined, not forgotten, inside the retention
+    early = {"event_id": "e200", "ts": event(200)["ts"], "label": 0}
+    p.process("events", records([early, event(200)], 1 + len(docs)))
+    assert p.last_stats.labels_joined + p.last_stats.labels_pending >= 1
+    p.flush()
+    assert state_keys(p, "l:") == set() and "y:e200" in state_keys(p, "y:")
+    p.close()
