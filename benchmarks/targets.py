@@ -187,6 +187,7 @@ class _StatusInstance(Instance):
 class WorkerTarget(Target):
     pipeline: str = ""                     # file name under benchmarks/pipelines
     workers: int = 1
+    settings: tuple[tuple[str, str], ...] = ()   # worker Settings overrides, e.g. (("commit_interval_s", "1"),)
 
     @property
     def pipeline_path(self) -> Path:
@@ -204,13 +205,14 @@ class WorkerTarget(Target):
 
     def instance(self, broker: str, tag: str, workdir: Path, partitions: int) -> Instance:
         return _WorkerInstance(broker, tag, workdir, partitions, pipeline=str(self.pipeline_path),
-                               workers=self.workers)
+                               workers=self.workers, overrides=dict(self.settings))
 
 
 @dataclass
 class _WorkerInstance(Instance):
     pipeline: str = ""
     workers: int = 1
+    overrides: dict[str, str] = field(default_factory=dict)
     settings: list[Settings] = field(default_factory=list)
     _expected_records: int = 0
     _last: list[float] = field(default_factory=list)
@@ -221,7 +223,8 @@ class _WorkerInstance(Instance):
                 broker=self.broker, app_id=f"{self.tag}-app", topic_prefix=f"{self.tag}-",
                 pipeline=self.pipeline, partitions=self.partitions,
                 state_dir=self.workdir / f"{self.tag}-state{i}", web_port=free_port(),
-                metrics_port=free_port(), session_timeout_s=6.0, log_level="warning"))
+                metrics_port=free_port(), session_timeout_s=6.0, log_level="warning",
+                **self.overrides))  # type: ignore[arg-type] - strings, coerced by Settings
         s = self.settings[0]
         self.input_topic = s.topic("events")
         self.output_topics = (s.topic("predictions"),)

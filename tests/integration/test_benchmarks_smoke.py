@@ -38,3 +38,19 @@ def test_recovery_benchmark_recovers_the_writers_state():
     r = run(keys=2_000, value_bytes=50, flush=500, behind=1)
     assert r["records"] == 2_500 and r["standby_records"] == 500
     assert r["full_s"] > 0 and r["standby_s"] > 0
+
+
+def test_latency_sweep_runs_correctly_with_a_worker_setting(tmp_path: Path):
+    """`python -m benchmarks.latency`: a point per rate, checked for correctness, the setting applied, a plot."""
+    out, png = tmp_path / "lat.json", tmp_path / "lat.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.latency", "--only", "windowed", "--rates", "500,1500", "--seconds", "2",
+         "--set", "commit_interval_s=0.3", "--json", str(out), "--plot", str(png)],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["overrides"] == {"commit_interval_s": "0.3"}
+    assert [r["offered_events_per_s"] for r in doc["rows"]] == [500.0, 1500.0]
+    for r in doc["rows"]:
+        assert r["correct"] is True and r["p99_latency_ms"] >= r["p50_latency_ms"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
