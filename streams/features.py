@@ -13,7 +13,11 @@ belongs to ``[ts - ts % size, ts - ts % size + size)``; its features include
 the event. An event older than its entity's current window (out of order
 beyond the window) is *late*: it is counted and not applied, and gets the
 features of the current window. Aggregations: count, sum, mean, min, max.
-State: ``ext.TumblingTable``.
+State: ``ext.TumblingTable`` (four numbers per entity). A tumbling window
+with ``grace_ms`` or with var, std or distinct is computed as the hopping
+window with ``hop_ms = size_ms`` (below; the same windows): it keeps each
+window still open to late events, and an event within grace is applied to
+*its* window and gets that window's features.
 
 Sliding windows (``kind = "sliding"``, per entity, event time): an event at
 ``ts`` gets the aggregates of the entity's *applied* events processed so far
@@ -160,6 +164,7 @@ Sessions, time since the previous event, and a decayed sum (half-life 1 h):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import math
 import struct
@@ -174,15 +179,17 @@ import orjson
 
 AGGREGATIONS = ("count", "sum", "mean", "min", "max", "var", "std", "last", "since", "duration",
                 "distinct", "decay_sum", "decay_mean")
-#: what each kind supports (tumbling state holds count/sum/min/max only)
+#: what each kind supports
 KIND_AGGREGATIONS = {
-    "tumbling": ("count", "sum", "mean", "min", "max"),
+    "tumbling": ("count", "sum", "mean", "min", "max", "var", "std", "distinct"),
     "sliding": ("count", "sum", "mean", "min", "max", "var", "std", "last", "since", "distinct"),
     "hopping": ("count", "sum", "mean", "min", "max", "var", "std", "distinct"),
     "session": ("count", "sum", "mean", "min", "max", "var", "std", "since", "duration", "distinct",
                 "decay_sum", "decay_mean"),
 }
 KINDS = tuple(KIND_AGGREGATIONS)
+#: what ext.TumblingTable holds; other tumbling windows run as hopping windows with hop = size
+TUMBLING_NATIVE = frozenset({"count", "sum", "mean", "min", "max"})
 #: aggregations that read the field's numeric value (the others need it present only)
 VALUE_AGGREGATIONS = frozenset({"sum", "mean", "min", "max", "var", "std", "last", "decay_sum", "decay_mean"})
 #: hopping windows fold at most this many hops (size_ms // hop_ms) per event
@@ -257,9 +264,9 @@ class WindowSpec:
                                  f"{MAX_HOPS}; use a larger hop_ms")
         elif self.hop_ms:
             raise ValueError(f"hop_ms is for hopping windows, not {kind}")
-        if kind in ("tumbling", "session") and self.grace_ms:
-            raise ValueError(f"grace_ms is not supported for {kind} windows (late = older than the current "
-                             f"{'window' if kind == 'tumbling' else 'session'})")
+        if kind == "session" and self.grace_ms:
+            raise ValueError("grace_ms is not supported for session windows (late = older than the current "
+                             "session)")
         if self.size_ms + self.grace_ms >= _LIMIT:
             raise ValueError("window size_ms + grace_ms is too large")
         if not self.aggs:
@@ -290,8 +297,16 @@ class WindowSpec:
 
     @property
     def reads_values(self) -> bool:
-        """True when the field must be numeric (tumbling always reads it)."""
-        return self.kind == "tumbling" or bool(VALUE_AGGREGATIONS & set(self.aggs))
+        """True when the field must be numeric (ext.TumblingTable always reads it)."""
+        return (self.kind == "tumbling" and self.as_hopping is None) or bool(VALUE_AGGREGATIONS & set(self.aggs))
+
+    @property
+    def as_hopping(self) -> WindowSpec | None:
+        """The hopping window (``hop_ms = size_ms``) that computes this tumbling one, when
+        ``ext.TumblingTable`` cannot (grace, or var/std/distinct); None otherwise."""
+        if self.kind != "tumbling" or (not self.grace_ms and set(self.aggs) <= TUMBLING_NATIVE):
+            return None
+        return dataclasses.replace(self, kind="hopping", hop_ms=self.size_ms)
 
     def _ident(self) -> str:
         if self.kind == "hopping":
@@ -903,15 +918,15 @@ class Windows:
         self.max_cached = max_cached
         self._plan: list[tuple[str, str, str, Any, list[int], tuple[str, ...], list[tuple[int, str]]]] = []
         for s in self.specs:
-            if s.kind == "tumbling":
+            if s.kind == "tumbling" and s.as_hopping is None:
                 table: Any = kernels.TumblingTable(s.size_ms)
                 columns = _COLUMNS
             elif s.kind == "sliding":
                 table = _Sliding(s, kernels)
                 columns = _SCOLUMNS
             else:
-                table = _Keyed(s, kernels)
-                columns = _HCOLUMNS if s.kind == "hopping" else _SESSION_COLUMNS
+                table = _Keyed(s.as_hopping or s, kernels)
+                columns = _SESSION_COLUMNS if s.kind == "session" else _HCOLUMNS
             cols = [columns[a] for a in s.aggs]
             omit = [(columns[a], n) for a, n in zip(s.aggs, s.names) if a in _OMITTED_IF_NAN]
             self._plan.append((s.key, s.field, s.prefix, table, cols, s.names, omit))

@@ -14,7 +14,7 @@ import random
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ext import _reference as ref
@@ -85,6 +85,37 @@ def test_hopping_equals_brute_force(backend, raw, hop, m, grace, in_order, data)
     assert late == sum(e[1] for e in expected)
     if in_order:
         assert late == 0
+
+
+@SETTINGS
+@given(raw=streams(), size=st.sampled_from([1, 7, 100, 1000]), grace=st.sampled_from([0, 3, 100, 2000]),
+       aggs=st.sampled_from([("count", "mean"), NUMERIC, ("count", "distinct")]), data=st.data())
+def test_tumbling_with_grace_or_more_aggregations_is_hopping_with_hop_equal_size(backend, raw, size, grace, aggs,
+                                                                                 data):
+    """What ext.TumblingTable cannot hold (grace; var, std, distinct) runs as the hopping window of the
+    same windows: each event gets its own tumbling window's aggregates, late = closed + grace."""
+    spec = WindowSpec(key="k", field="x", size_ms=size, kind="tumbling", grace_ms=grace, aggs=aggs)
+    assume(spec.as_hopping is not None)   # else ext.TumblingTable (its own tests: value-less events differ)
+    cuts = data.draw(st.lists(st.integers(1, 20), min_size=1, max_size=40))
+    reload_at = frozenset(data.draw(st.lists(st.integers(0, 40), max_size=10)))
+    got, late, _, _ = run(spec, raw, backend, batches=cuts + [len(raw)], reload_at=reload_at)
+    expected = brute_force(raw, size, size, grace)
+    check(got, expected, spec, all_names=True)
+    assert late == sum(e[1] for e in expected)
+
+
+def test_tumbling_keeps_its_native_table_and_state_when_it_can(backend):
+    """No grace, native aggregations: ext.TumblingTable and the state keys of earlier releases."""
+    plain = WindowSpec(key="k", field="x", size_ms=100, aggs=("count", "sum"))
+    assert plain.as_hopping is None and plain.reads_values
+    w = Windows([plain], kernels=backend)
+    assert isinstance(w._plan[0][3], backend.TumblingTable)
+    graced = WindowSpec(key="k", field="x", size_ms=100, grace_ms=50, aggs=("count", "sum"))
+    assert graced.as_hopping == WindowSpec(key="k", field="x", size_ms=100, hop_ms=100, kind="hopping",
+                                           grace_ms=50, aggs=("count", "sum"))
+    assert graced.names == plain.names and graced.prefix != graced.as_hopping.prefix
+    ids = WindowSpec(key="k", field="sku", size_ms=100, aggs=("count", "distinct"))
+    assert not ids.reads_values                              # an item id works as the field
 
 
 @pytest.mark.parametrize("grace", [0, 300])
@@ -185,7 +216,7 @@ def test_state_stays_bounded(backend, grace):
                                  {"kind": "hopping", "hop_ms": 1, "size_ms": 10**6},
                                  {"kind": "hopping", "hop_ms": 5, "aggs": ("last",)},
                                  {"kind": "hopping", "hop_ms": 5, "aggs": ("since",)},
-                                 {"kind": "tumbling", "hop_ms": 5}, {"kind": "tumbling", "aggs": ("distinct",)},
+                                 {"kind": "tumbling", "hop_ms": 5}, {"kind": "tumbling", "aggs": ("since",)},
                                  {"kind": "hopping", "hop_ms": 5, "aggs": ("distinct",),
                                   "distinct_exact_max": 0}])
 def test_bad_hopping_specs_are_rejected(bad):

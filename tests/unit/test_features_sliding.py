@@ -226,7 +226,7 @@ def test_spec_rules_and_prefixes():
         Windows([tumbling, sliding])
 
 
-@pytest.mark.parametrize("bad", [{"aggs": ("var",)}, {"aggs": ("last",)}, {"grace_ms": 5},
+@pytest.mark.parametrize("bad", [{"aggs": ("last",)}, {"aggs": ("since",)}, {"kind": "session", "grace_ms": 5},
                                  {"kind": "sliding", "grace_ms": -1}, {"kind": "sliding", "aggs": ()},
                                  {"kind": "sliding", "size_ms": 1.5}, {"kind": "hopping"}])
 def test_bad_sliding_specs_are_rejected(bad):

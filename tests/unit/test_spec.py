@@ -302,7 +302,7 @@ def test_windows_of_every_kind_parse() -> None:
     ({"kind": "session", "gap_ms": 10, "grace_ms": 10}, "grace_ms is not supported for session"),
     ({"kind": "session", "gap_ms": 10, "aggs": ["decay_mean"]}, "half_life_ms > 0"),
     ({"kind": "session", "gap_ms": "10m"}, "gap_ms must be an integer"),
-    ({"kind": "tumbling", "size_ms": 10, "aggs": ["distinct"]}, "not supported for tumbling"),
+    ({"kind": "tumbling", "size_ms": 10, "aggs": ["last"]}, "not supported for tumbling"),
     ({"kind": "sliding", "size_ms": 10, "hop_ms": 5}, "hop_ms is for hopping"),
     ({"kind": "tumbling", "size_ms": 10, "gap_ms": 5}, "gap_ms is for session"),
     ({"kind": "weekly", "size_ms": 10}, "not supported"),
