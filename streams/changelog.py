@@ -56,8 +56,8 @@ MAX_RECORD_BYTES = 32 * 1024 * 1024
 def create_changelog_topic(settings: Settings, pipeline: str) -> str:
     """Create ``pipeline``'s changelog topic (compacted, a partition per input partition) if missing; its name."""
     topic = settings.changelog_topic(pipeline)
-    client = {k: v for k, v in settings.kafka_client_config().items() if k != "bootstrap.servers"}
-    create_topics(settings.broker, {topic: settings.partitions}, config=CHANGELOG_CONFIG, client_config=client)
+    create_topics(settings.broker, {topic: settings.partitions}, config=CHANGELOG_CONFIG,
+                  client_config=settings.kafka_client_config())
     return topic
 
 

@@ -93,14 +93,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_topics(args: argparse.Namespace) -> int:
     from streams.broker import create_topics
-
     from streams.changelog import create_changelog_topic
     from streams.spec import load_spec
 
     s = _settings(args)
     topics = {s.topic(t): s.partitions for t in ("events", "labels", "predictions", "dlq")} | {s.topic("metrics"): 1}
-    create_topics(s.broker, topics, client_config={k: v for k, v in s.kafka_client_config().items()
-                                                   if k != "bootstrap.servers"})
+    create_topics(s.broker, topics, client_config=s.kafka_client_config())
     made = sorted(topics)
     if s.changelog:
         made.append(create_changelog_topic(s, load_spec(s.pipeline).name))
