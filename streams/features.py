@@ -434,8 +434,8 @@ class _Sliding:
         """Drop the cached state when it exceeds ``max_cached`` entities (after take_dirty)."""
         if len(self.entities) > max_cached:
             self.entities.clear()
-        if self.distinct is not None and len(self.distinct.entities) > max_cached:
-            self.distinct.entities.clear()
+        if self.distinct is not None:
+            self.distinct.bound(max_cached)
 
     # -- updates ------------------------------------------------------------
     def update_many(self, keys: list[str], ts: np.ndarray, values: np.ndarray, has: np.ndarray,
@@ -723,6 +723,11 @@ class _Distinct:
         self.dirty.clear()
         return out
 
+    def bound(self, max_cached: int) -> None:
+        """Drop the cached entities when there are more than ``max_cached`` (after take_dirty)."""
+        if len(self.entities) > max_cached:
+            self.entities.clear()
+
 
 class _SlidingDistinct(_Distinct):
     """Exact distinct counts of one sliding definition (pure Python, shared by both backends).
@@ -886,8 +891,8 @@ class _Keyed:
         """Drop the cached state when it exceeds ``max_cached`` entities (after take_dirty)."""
         if self.table is not None and len(self.table) > max_cached:
             self.table.clear()
-        if self.distinct is not None and len(self.distinct.entities) > max_cached:
-            self.distinct.entities.clear()
+        if self.distinct is not None:
+            self.distinct.bound(max_cached)
 
 
 class Windows:

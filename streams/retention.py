@@ -45,8 +45,13 @@ WATERMARK_KEY = "w:dedupe"
 BUCKET_PREFIX = "x:"
 
 
+def bucket_prefix(bucket: int) -> str:
+    """The prefix of a bucket's chunk keys (``x:<bucket>:``)."""
+    return f"{BUCKET_PREFIX}{bucket}:"
+
+
 def chunk_key(bucket: int, chunk: int) -> str:
-    return f"{BUCKET_PREFIX}{bucket}:{chunk:06d}"
+    return f"{bucket_prefix(bucket)}{chunk:06d}"
 
 
 def bucket_of(key: str) -> int:
@@ -80,7 +85,7 @@ class DedupeRetention:
 
     def _open_chunk(self, b: int) -> tuple[int, list[str]]:
         """Bucket ``b``'s last chunk, if not full, else a new one (from state when it has the bucket)."""
-        chunks = self._scan(f"{BUCKET_PREFIX}{b}:")
+        chunks = self._scan(bucket_prefix(b))
         if not chunks:
             return (0, [])
         key, raw = chunks[-1]
@@ -122,7 +127,7 @@ class DedupeRetention:
             if (raw := self._get(legacy)) is not None:
                 gone.update(dict.fromkeys(orjson.loads(raw)))
                 self._delete(legacy)
-            for key, raw in self._scan(f"{BUCKET_PREFIX}{b}:"):
+            for key, raw in self._scan(bucket_prefix(b)):
                 gone.update(dict.fromkeys(orjson.loads(raw)))
                 self._delete(key)
             for k in sorted(k for bb, k in self._dirty if bb == b):
