@@ -292,6 +292,12 @@ def _num(v: Any, nd: int = 0) -> str:
     return f"{v:,.{nd}f}"
 
 
+def make_workloads(opts: Options, n_events: int) -> dict[str, Workload]:
+    """The two workloads a target may name (``Target.workload``): events with inline labels, and events."""
+    full = make_workload(n_events, partitions=opts.partitions, users=opts.users, seed=opts.seed, labels=True)
+    return {"events+labels": full, "events": full.without_labels()}
+
+
 def run_all(opts: Options, echo: Callable[[str], None] = print) -> tuple[dict[str, Any], int]:
     """Run the selected targets; write the results; return (report, exit code)."""
     started = dt.datetime.now(dt.timezone.utc)
@@ -300,9 +306,8 @@ def run_all(opts: Options, echo: Callable[[str], None] = print) -> tuple[dict[st
          f"{opts.users:,} users, seed {opts.seed}, repeat {opts.repeat}; runs: {', '.join(opts.only)}")
     echo(f"work dir (logs): {workdir}")
     t = time.monotonic()
-    full_w = make_workload(opts.events, partitions=opts.partitions, users=opts.users, seed=opts.seed,
-                           labels=True)
-    workloads = {"events+labels": full_w, "events": full_w.without_labels()}
+    workloads = make_workloads(opts, opts.events)
+    full_w = workloads["events+labels"]
     echo(f"workload generated in {time.monotonic() - t:.1f}s: {full_w.n_events:,} events, "
          f"{full_w.labels:,} inline labels for the scored runs")
     runs: dict[str, Any] = {}

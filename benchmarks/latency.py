@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cli import RUN_NAMES
-from benchmarks.harness import Context, Options, measure
+from benchmarks.harness import Context, Options, make_workloads, measure
 from benchmarks.targets import TARGETS, WorkerTarget
-from benchmarks.workload import make_workload
 from streams.broker import EmbeddedBroker
 
 
@@ -37,9 +36,7 @@ def run(names: Sequence[str], rates: Sequence[float], seconds: float = 6.0,
         overrides: Sequence[tuple[str, str]] = (), echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """One latency run per (run name, offered rate); a row of figures each."""
     opts = Options(latency_seconds=seconds, latency_warmup_s=min(1.0, seconds / 5))
-    n = max(1000, int(max(rates) * seconds))
-    full = make_workload(n, labels=True)
-    workloads = {"events+labels": full, "events": full.without_labels()}
+    workloads = make_workloads(opts, max(1000, int(max(rates) * seconds)))
     rows: list[dict[str, Any]] = []
     workdir = Path(tempfile.mkdtemp(prefix="streamscore-latency-"))
     with EmbeddedBroker(log_path=str(workdir / "broker.log")) as broker:
