@@ -28,6 +28,32 @@ only add records), and replaying from any lower bound is harmless: records are
 applied in log order, so each key ends at its last value. The producer keeps
 one request in flight, so a retry can repeat a record but never reorder a
 key's records.
+
+**A flush is all or nothing.** A worker killed while its producer delivers a
+flush leaves a prefix of that flush in the log: say the prediction markers
+(``p:``) and one model's snapshot, but not the next model's. Applied as it
+is, that prefix would tell the restarted worker "these events are answered"
+while one model never learned them: after replay that model differs from an
+uninterrupted run's (the kill sweep caught exactly this, 757 learns missing
+from a Hoeffding tree). So every flush ends with a *commit marker* record
+(key :data:`COMMIT_MARKER`), and recovery applies the records of a flush only
+when its marker is read; the records after the last marker are a flush that
+never completed, and are not applied.
+
+Who cleans up such a tail: the partition's next owner. After recovery it
+writes, for every key in the tail, the value its (consistent) store holds, or
+a tombstone, then a marker. Readers then see the stale tail, its correction
+and a marker as one flush whose net effect is the consistent state, and
+compaction removes the stale records because the correction supersedes them.
+A standby, which must not write, leaves its position before the tail and
+reads it again next time, when the owner's marker has arrived.
+
+What this does not cover: a flush in which some record failed delivery for
+good while the marker after it was accepted (one request in flight makes
+that a record the broker rejects outright, such as one over its size limit;
+the topic is created with :data:`MAX_RECORD_BYTES` for that reason), followed
+by a crash before the next flush rewrites those keys. The worker raises
+:class:`~streams.agents.DeliveryError` on such a flush and commits nothing.
 """
 
 from __future__ import annotations
@@ -46,11 +72,17 @@ from streams.state import PartitionStore
 
 log = logging.getLogger(__name__)
 
-#: Topic configs of a changelog: compacted, never deleted by time or size.
-CHANGELOG_CONFIG = {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"}
-
 #: Most bytes of one changelog record (a model snapshot is one record).
 MAX_RECORD_BYTES = 32 * 1024 * 1024
+
+#: Topic configs of a changelog: compacted, never deleted by time or size, and records as large as a
+#: model snapshot may be (a broker's default limit is ~1 MB).
+CHANGELOG_CONFIG = {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1",
+                    "max.message.bytes": str(MAX_RECORD_BYTES + 1024 * 1024)}
+
+#: Key of the record that ends each flush (its value: how many records the flush sent before it).
+#: Sorts before every state key, like the store's CHANGELOG_OFFSET, and is never a state key.
+COMMIT_MARKER = b"\x00changelog-commit"
 
 
 def create_changelog_topic(settings: Settings, pipeline: str) -> str:
@@ -71,10 +103,11 @@ class Recovery:
 
     partition: int
     start: int          # first changelog offset read
-    end: int            # changelog high watermark reached (the store's new CHANGELOG_OFFSET)
-    applied: int        # records applied (puts and deletes)
-    seeded: int         # local keys written to an empty changelog (see :meth:`Changelog.recover`)
+    end: int            # the store's new CHANGELOG_OFFSET
+    applied: int        # records applied (puts and deletes of completed flushes)
+    seeded: int         # records the owner wrote: its store to an empty changelog, or an unfinished flush's correction
     seconds: float
+    unfinished: int = 0  # records after the last commit marker: a flush that never completed, not applied
 
 
 class Changelog:
@@ -123,19 +156,26 @@ class Changelog:
             self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
 
     def send(self, partition: int, entries: Iterator[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes | None]]) -> int:
-        """Produce ``(key, value)`` entries (``None``: a delete) to ``partition``; how many."""
-        produce = self.producer.produce
+        """Produce one flush: ``(key, value)`` entries (``None``: a delete) to ``partition``, then its commit
+        marker; how many records, the marker included (0: no entries, nothing sent)."""
+        produce = self._produce
         topic = self.topic
         n = 0
         for k, v in entries:
-            try:
-                produce(topic, v, k, partition)
-            except BufferError:
-                self.producer.poll(0.5)
-                produce(topic, v, k, partition)
+            produce(topic, v, k, partition)
+            n += 1
+        if n:
+            produce(topic, str(n).encode(), COMMIT_MARKER, partition)
             n += 1
         self.producer.poll(0)
         return n
+
+    def _produce(self, topic: str, value: bytes | None, key: bytes, partition: int) -> None:
+        try:
+            self.producer.produce(topic, value, key, partition)
+        except BufferError:                 # the local queue is full: let deliveries drain it, then again
+            self.producer.poll(0.5)
+            self.producer.produce(topic, value, key, partition)
 
     def flush(self, timeout: float) -> list[str]:
         """Wait for every sent record; the errors since the last call (empty: all delivered)."""
@@ -152,25 +192,32 @@ class Changelog:
             self._producer = None
 
     # -- reading ----------------------------------------------------------------
-    def recover(self, store: PartitionStore, partition: int, timeout: float = 300.0) -> Recovery:
+    def recover(self, store: PartitionStore, partition: int, timeout: float = 300.0,
+                seed: bool = True) -> Recovery:
         """Bring ``store`` up to date from its changelog partition (see :meth:`recover_many`)."""
-        return self.recover_many({partition: store}, timeout)[partition]
+        return self.recover_many({partition: store}, timeout, seed)[partition]
 
     def recover_many(self, stores: dict[int, PartitionStore], timeout: float = 300.0,
                      seed: bool = True) -> dict[int, Recovery]:
         """Bring each partition's store up to date from the changelog, all partitions in one read.
 
         Each store is read from its own ``CHANGELOG_OFFSET`` to the partition's
-        fetch high watermark. Seeding: a store that has data but no changelog
-        position (changelogs were off, or the topic is new and empty) is
-        written to the changelog whole, so the next owner finds it there;
-        only the partition's owner may do that (``seed``: a standby does not).
+        fetch high watermark, and every *completed* flush is applied (one that
+        ends with its commit marker; see the module docstring).
+
+        ``seed``: the caller owns these partitions and may write their
+        changelog. The owner then corrects an unfinished flush it found at the
+        end (its keys are written again with the store's values), and writes a
+        store that has data but no changelog position (changelogs were off, or
+        the topic is new and empty) to the changelog whole, so that the next
+        owner finds it there. A standby (``seed=False``) writes nothing.
         """
         if not stores:
             return {}
         t0 = time.monotonic()
         starts = {p: st.changelog_offset for p, st in stores.items()}
         ends: dict[int, int] = {}
+        committed: dict[int, int | None] = dict.fromkeys(stores)   # offset after each partition's last marker
         applied = dict.fromkeys(stores, 0)
         c = Consumer(self._consumer_config)
         try:
@@ -182,47 +229,69 @@ class Changelog:
                                          "a worker creates it with one partition per input partition")
             c.assign([TopicPartition(self.topic, p, max(starts[p] or 0, 0)) for p in stores])
             deadline = time.monotonic() + timeout
-            pending: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in stores}
+            flushes: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in stores}   # since the last marker
+            ready: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in stores}     # completed, not written
             while len(ends) < len(stores):
                 if time.monotonic() > deadline:
                     left = sorted(set(stores) - set(ends))
                     raise ChangelogError(f"{self.topic} partitions {left}: not read to their end within {timeout}s")
                 for m in c.consume(10_000, 0.05):   # returns early only when full: keep the wait short
+                    p = m.partition()
                     err = m.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
-                            ends[m.partition()] = m.offset()
+                            ends.setdefault(p, m.offset())
                         elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART or not err.retriable():
-                            raise ChangelogError(f"{self.topic}[{m.partition()}]: {err}")
+                            raise ChangelogError(f"{self.topic}[{p}]: {err}")
                         continue
-                    pending[m.partition()].append((m.key(), m.value()))
-                for p, batch in pending.items():
+                    if p in ends:                   # written after our end (a standby reads a live log)
+                        continue
+                    key = m.key()
+                    if key == COMMIT_MARKER:        # a flush is complete: it may be applied
+                        ready[p] += flushes[p]
+                        flushes[p] = []
+                        committed[p] = m.offset() + 1
+                    else:
+                        flushes[p].append((key, m.value()))
+                for p, batch in ready.items():      # completed flushes, written in large batches
                     if batch and (len(batch) >= 10_000 or p in ends):
                         stores[p].apply(batch)
                         applied[p] += len(batch)
-                        pending[p] = []
+                        ready[p] = []
         finally:
             c.close()
         out: dict[int, Recovery] = {}
         for p, store in stores.items():
-            start, end, seeded = starts[p], ends[p], 0
-            if seed and (start is None or end < start):
-                if start is not None:
+            start, end, tail = starts[p], ends[p], flushes[p]
+            entries: list[tuple[bytes, bytes | None]] = []
+            if seed:
+                if tail:          # an unfinished flush: its keys as this (consistent) store holds them
+                    entries = store.values(dict.fromkeys(k for k, _ in tail))
+                    log.warning("%s[%d]: %d records of an unfinished flush after offset %s, not applied; "
+                                "writing their keys' current values", self.topic, p, len(tail), committed[p])
+                if start is not None and end < start:
                     log.warning("%s[%d] ends at %d, before this store's position %d (topic recreated?): "
                                 "seeding it from the local store", self.topic, p, end, start)
-                if end == 0 or start is not None:
-                    seeded = self._seed(store, p)
-                    end += seeded
-            store.set_changelog_offset(end)
-            out[p] = rec = Recovery(p, start or 0, end, applied[p], seeded, time.monotonic() - t0)
+                    entries += store.items()
+                elif start is None and committed[p] is None:   # no completed flush in the log: seed it
+                    entries += store.items()
+            seeded = self._seed(store, p, entries) if entries else 0
+            if seed or not tail:
+                position = end + seeded
+            else:                 # a standby: read the unfinished flush again next time
+                position = committed[p] if committed[p] is not None else max(start or 0, 0)
+            store.set_changelog_offset(position)
+            out[p] = rec = Recovery(p, start or 0, position, applied[p], seeded, time.monotonic() - t0, len(tail))
             if applied[p] or seeded:
-                log.info("recovered %s[%d]: %d records from offset %d (+%d seeded) in %.2fs",
+                log.info("recovered %s[%d]: %d records from offset %d (+%d written) in %.2fs",
                          self.topic, p, applied[p], rec.start, seeded, rec.seconds)
         return out
 
-    def _seed(self, store: PartitionStore, partition: int) -> int:
-        n = self.send(partition, store.items())
+    def _seed(self, store: PartitionStore, partition: int,
+              entries: Iterator[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes | None]]) -> int:
+        """Write ``entries`` as one flush and wait for it; how many records, the marker included."""
+        n = self.send(partition, entries)
         errors = self.flush(60.0)
         if errors:
-            raise ChangelogError(f"seeding {self.topic}[{partition}] failed: {errors[:3]}")
+            raise ChangelogError(f"writing {self.topic}[{partition}] failed: {errors[:3]}")
         return n

@@ -18,7 +18,7 @@ commits offsets (commit order: outputs -> state -> offsets). Values are bytes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
@@ -133,6 +133,12 @@ class PartitionStore:
             else:
                 wb.put(k, v)
         self._db.write(wb)
+
+    def values(self, keys: Iterable[bytes]) -> list[tuple[bytes, bytes | None]]:
+        """``(key, value on disk or None)`` for raw ``keys`` (recovery; nothing may be pending)."""
+        assert not self._dirty, "reading past pending writes"
+        get = self._db.get
+        return [(k, get(k)) for k in keys]
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every key and value on disk (raw bytes), the changelog offset excepted."""

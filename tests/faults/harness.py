@@ -345,7 +345,7 @@ def changelog_state(s: Settings, partition: int, root: Path) -> dict[bytes, byte
     store = PartitionStore(root / f"from-changelog-{s.app_id}-{partition}")
     try:
         Changelog(s.changelog_topic(load_spec(s.pipeline).name), s.producer_config(),
-                  s.consumer_config(group=f"{s.app_id}-changelog-check")).recover(store, partition)
+                  s.consumer_config(group=f"{s.app_id}-changelog-check")).recover(store, partition, seed=False)
         return dict(store.items())
     finally:
         store.close()

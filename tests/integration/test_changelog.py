@@ -57,7 +57,7 @@ def test_a_fresh_store_recovers_puts_and_deletes(changelog: Changelog, tmp_path:
     rec = changelog.recover(b, 1)
     assert contents(b) == contents(a)
     assert b"k4" not in contents(b) and contents(b)[b"k3"] == b"again"
-    assert rec.applied == 15 + 4 + 7 and rec.end == 26 and b.changelog_offset == 26
+    assert rec.applied == 15 + 4 + 7 and rec.end == 26 + 3 and b.changelog_offset == 29   # + a marker per flush
     # the other partition of the changelog is untouched
     c = PartitionStore(tmp_path / "c")
     assert changelog.recover(c, 0).applied == 0 and contents(c) == {}
@@ -66,9 +66,10 @@ def test_a_fresh_store_recovers_puts_and_deletes(changelog: Changelog, tmp_path:
 def test_recovery_reads_to_the_fetch_high_watermark_not_list_offsets(changelog: Changelog, tmp_path: Path) -> None:
     """The embedded broker answers ListOffsets(latest) with the last *batch's* base offset + 1.
 
-    Two multi-record batches (15, then 7 records): ListOffsets says 16, the
-    log ends at 22. Recovery must read all 22 (it stops at the partition-EOF
-    event, whose offset is the fetch high watermark).
+    Two multi-record batches (15, then 7 records, each followed by its commit
+    marker): ListOffsets says 17, the log ends at 24. Recovery must read all
+    24 (it stops at the partition-EOF event, whose offset is the fetch high
+    watermark).
     """
     a = PartitionStore(tmp_path / "a")
     changelog.recover(a, 0)
@@ -76,7 +77,7 @@ def test_recovery_reads_to_the_fetch_high_watermark_not_list_offsets(changelog: 
     write(changelog, a, 0, {f"b{i:02d}": b"2" for i in range(7)})
     b = PartitionStore(tmp_path / "b")
     rec = changelog.recover(b, 0)
-    assert (rec.applied, rec.end) == (22, 22)
+    assert (rec.applied, rec.end) == (22, 24)
     assert len(contents(b)) == 22
 
 
@@ -89,7 +90,7 @@ def test_a_stale_store_catches_up_from_its_own_offset(changelog: Changelog, tmp_
     changelog.recover(b, 0)
     write(changelog, b, 0, {"w": b"2", "p:2": b"y"}, deletes=("p:1",))
     rec = changelog.recover(a, 0)               # ... and back to a
-    assert (rec.start, rec.applied) == (2, 3)
+    assert (rec.start, rec.applied) == (3, 3)   # 2 records + a marker, then 3 of b's
     assert contents(a) == contents(b) == {b"w": b"2", b"p:2": b"y"}
 
 
@@ -102,9 +103,9 @@ def test_an_undelivered_flush_writes_nothing_locally_and_is_sent_again(changelog
     # the flush "failed": the worker does not write the store; its next flush sends the key again
     a.put("k2", b"2")
     write(changelog, a, 0, {})
-    assert a.changelog_offset == 2            # a lower bound: the log holds 3 records
+    assert a.changelog_offset == 3            # a lower bound: the log holds 2 + 3 records (markers included)
     b = PartitionStore(tmp_path / "b")
-    assert changelog.recover(b, 0).end == 3
+    assert changelog.recover(b, 0).end == 5
     assert contents(b) == contents(a) == {b"k": b"1", b"k2": b"2"}
 
 
@@ -114,10 +115,65 @@ def test_a_store_with_data_seeds_an_empty_changelog(changelog: Changelog, tmp_pa
         a.put(f"k{i}", os.urandom(8))
     a.flush()
     rec = changelog.recover(a, 1)
-    assert (rec.seeded, rec.end) == (50, 50)
+    assert (rec.seeded, rec.end) == (51, 51)   # one flush: 50 keys and its marker
     b = PartitionStore(tmp_path / "b")
     changelog.recover(b, 1)
     assert contents(b) == contents(a) and len(contents(b)) == 50
+
+
+def test_a_flush_cut_short_is_not_applied_and_the_next_owner_corrects_it(changelog: Changelog, tmp_path: Path) -> None:
+    """A worker killed while its producer delivers a flush leaves part of it in the log, with no commit marker.
+
+    Applied, that part would pair "event 2 is answered" with a model that never
+    learned event 2 (one model's snapshot arrived, the other's did not). So no
+    reader applies it; the partition's next owner rewrites its keys with the
+    values of its consistent store, then a marker, and from then on every
+    reader (a standby reading the tail again, a fresh store reading from 0)
+    ends at the consistent state.
+    """
+    a = PartitionStore(tmp_path / "a")
+    changelog.recover(a, 0)
+    write(changelog, a, 0, {"p:1": b"answered", "m:lr": b"v1", "m:hat": b"v1"})
+    consistent = {b"p:1": b"answered", b"m:lr": b"v1", b"m:hat": b"v1"}
+    for k, v in ((b"p:2", b"answered"), (b"m:lr", b"v2")):     # the next flush, cut short
+        changelog.producer.produce(changelog.topic, v, k, 0)
+    assert changelog.flush(30) == []
+
+    standby = PartitionStore(tmp_path / "standby")
+    rec = changelog.recover(standby, 0, seed=False)
+    assert contents(standby) == consistent
+    assert (rec.unfinished, rec.seeded, rec.end) == (2, 0, 4)    # stays before the tail: reads it again next time
+
+    owner = PartitionStore(tmp_path / "owner")        # the next owner (a's disk is gone)
+    rec = changelog.recover(owner, 0)
+    assert contents(owner) == consistent
+    assert (rec.unfinished, rec.seeded, rec.end) == (2, 3, 9)    # p:2 deleted, m:lr back to v1, a marker
+
+    rec = changelog.recover(standby, 0, seed=False)
+    assert contents(standby) == consistent and (rec.start, rec.applied, rec.end) == (4, 4, 9)
+    fresh = PartitionStore(tmp_path / "fresh")
+    rec = changelog.recover(fresh, 0, seed=False)
+    assert contents(fresh) == consistent and rec.unfinished == 0
+    write(changelog, owner, 0, {"p:2": b"answered", "m:lr": b"v2", "m:hat": b"v2"})   # the owner goes on
+    changelog.recover(fresh, 0, seed=False)
+    assert contents(fresh) == contents(owner) == {b"p:1": b"answered", b"p:2": b"answered",
+                                                  b"m:lr": b"v2", b"m:hat": b"v2"}
+
+
+def test_a_store_cut_short_while_seeding_seeds_again(changelog: Changelog, tmp_path: Path) -> None:
+    """A seed that never completed (no marker) counts as an empty log: the store is written again, whole."""
+    a = PartitionStore(tmp_path / "a")
+    for i in range(20):
+        a.put(f"k{i}", b"v")
+    a.flush()
+    for i in range(5):                                       # the first 5 of a seed, then the worker died
+        changelog.producer.produce(changelog.topic, b"v", f"k{i}".encode(), 1)
+    assert changelog.flush(30) == []
+    rec = changelog.recover(a, 1)
+    assert (rec.unfinished, rec.seeded, rec.end) == (5, 5 + 20 + 1, 31)
+    b = PartitionStore(tmp_path / "b")
+    changelog.recover(b, 1, seed=False)
+    assert contents(b) == contents(a) and len(contents(b)) == 20
 
 
 def test_a_large_value_round_trips(changelog: Changelog, tmp_path: Path) -> None:
