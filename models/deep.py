@@ -309,8 +309,8 @@ class DeepModel:
 
     @property
     def n_pending(self) -> int:
-        self._drain()
         """Labelled examples buffered for the next optimizer step."""
+        self._drain()
         return len(self._pending_y)
 
     @property
