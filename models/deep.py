@@ -502,8 +502,8 @@ class DeepModel:
     # ------------------------------------------------------------------ checkpoints
 
     def state(self) -> dict[str, Any]:
-        self._drain()
         """A checkpoint: CPU tensors and plain containers only (``torch.load(weights_only=True)``)."""
+        self._drain()
         n_num, n_cat = len(self.numeric), len(self.categorical)
         return {
             "format": FORMAT,
