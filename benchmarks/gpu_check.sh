@@ -26,30 +26,26 @@
 #
 # The GPU machine's python3 (3.12, its own CUDA torch and numpy, pytest, pytest-timeout,
 # hypothesis) is used as it is; .whl must hold NO torch, numpy or nvidia-* wheel (one in
-# /tmp/site would shadow the machine's CUDA torch). .whl was filled on a dev machine with
-#     echo /.whl/ >> .git/info/exclude
+# /tmp/site would shadow the machine's CUDA torch). .whl (git-ignored) was filled on a dev machine with
 #     pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #         --platform manylinux2014_x86_64 -d .whl NAME==VERSION
-# for confluent-kafka, pydantic, pydantic-core, pydantic-settings, python-dotenv,
+# for river, rule-engine, confluent-kafka, pydantic, pydantic-core, pydantic-settings, python-dotenv,
 # typing-inspection and annotated-types (versions of the project's .venv), and
 # .whl/optional/typing_extensions-*.whl, installed only when the machine's own
 # typing_extensions is too old for that pydantic (pydantic needs >= 4.16). Should the
 # machine's python3 have no pip, the wheels are unpacked with zipfile instead. Should the
 # machine have its own pydantic, the carried one (in /tmp/site, first on PYTHONPATH) wins.
 #
-# Known differences from a dev machine:
-# * ext/_native is built for CPython 3.11, so under 3.12 `ext` falls back (silently: the
-#   module is simply not found) to the pure-Python ext/_reference. Results are bit-identical
-#   by contract, but feature hashing is slower, which lowers the rows/s of torch_infer
-#   (mostly at large batches) compared with a native build. env.txt records the backend.
-# * River (and so scipy, ~34 MiB) is not carried. models/__init__.py imports River for its
-#   re-exports, but models.deep and models.base (all that test_deep.py and torch_infer use)
-#   do not. When `import models` fails, the script registers `models` as a bare package
-#   whose __init__.py is not run (a pytest -p plugin / a runpy wrapper written to
+# Differences from a dev machine, and what the script does about them:
+# * The machine's python is 3.12: step 0b builds ext/_native for it (cmake + nanobind are there);
+#   should that fail, `ext` falls back to the pure-Python ext/_reference (identical results,
+#   slower hashing, which lowers torch_infer's rows/s). env.txt records the backend.
+# * River is carried as a wheel (its scipy and narwhals are on the machine). Should
+#   `import models` still fail, the script registers `models` as a bare package whose
+#   __init__.py is not run (a pytest -p plugin / a runpy wrapper written to
 #   /tmp/gpu_check_shim), so `import models.deep` loads the real models/deep.py and
-#   models/base.py. If .whl also carries scipy, river, narwhals (and sortedcontainers),
-#   `import models` works and no shim is used. setup.txt says which.
+#   models/base.py, all that test_deep.py and torch_infer use. setup.txt says which.
 #
 # `set -u` but deliberately not `set -e`.
 
