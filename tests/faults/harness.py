@@ -68,7 +68,10 @@ def settled(reader: OutputReader, quiet_s: float = 8.0) -> Callable[[], bool]:
     published but had not flushed is scored again by the next owner, and if
     labels were already arriving they could train its models first, giving a
     second answer that differs from the first (labels on their own topic are
-    not ordered with the events; docs/reliability.md, section 4).
+    not ordered with the events; docs/reliability.md, section 4). Quiet alone
+    does not prove the re-read happened (a takeover can take longer than
+    ``quiet_s``): :func:`run_stream` first waits for the group's committed
+    offsets at the end of the events topic.
     """
     last = {"n": -1, "t": time.monotonic()}
 
@@ -239,6 +242,15 @@ def run_stream(s: Settings, log: Path, stream: Path, event_ids: set[str], n_labe
         wait_for(lambda: not event_ids.difference(reader.predictions, (d.get("event_id") for d in reader.dlq)),
                  "every event answered", procs, log, poll=lambda: reader.poll(0.2))
         if n_labels_topic:
+            # Every event answered is not every event *processed*: a killed worker's answers may be
+            # unflushed, and its partitions are re-read by their next owner only after the group
+            # notices (session timeout, then a join): 9-10 s here, longer than `settled`'s quiet.
+            # Labels before that re-read would train the models first (one CI run: 253 events
+            # answered again with the models one learn ahead). Committed offsets at the end of the
+            # events topic mean, by the commit order, that every event was processed and flushed.
+            wait_for(caught_up(s, {"events": topic_ends(s, "events")}),
+                     "the group's committed offsets at the end of the events", procs, log,
+                     poll=lambda: reader.poll(0.3))
             wait_for(settled(reader), "the predictions to settle (re-answers after a kill included)", procs, log)
             replay(stream, s, topics=["labels"])
             wait_for(lambda: sum(consumed(c, "labels") for c in confs) >= n_labels_topic,
