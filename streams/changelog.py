@@ -289,9 +289,18 @@ class Changelog:
 
     def _seed(self, store: PartitionStore, partition: int,
               entries: Iterator[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes | None]]) -> int:
-        """Write ``entries`` as one flush and wait for it; how many records, the marker included."""
-        n = self.send(partition, entries)
-        errors = self.flush(60.0)
+        """Write ``entries`` as one flush and wait for it; how many records, the marker included.
+
+        With a producer of its own: recovery runs off the event loop (a worker opens a partition
+        in an executor) while the loop may flush the shared producer for the partitions it
+        scores, and the two must not wait for, or take, each other's delivery errors.
+        """
+        own = Changelog(self.topic, self._producer_config, self._consumer_config)
+        try:
+            n = own.send(partition, entries)
+            errors = own.flush(60.0)
+        finally:
+            own._producer = None            # flushed above; nothing left to wait for
         if errors:
             raise ChangelogError(f"writing {self.topic}[{partition}] failed: {errors[:3]}")
         return n
