@@ -141,7 +141,7 @@ class BatchScorer:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return PartitionStore(self.state_path(partition))
+                return PartitionStore(self.state_path(partition), wal=self.changelog is None)
             except Exception as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
@@ -217,7 +217,7 @@ class BatchScorer:
         stores: dict[int, PartitionStore] = {}
         for p in partitions:
             try:
-                stores[p] = PartitionStore(self.state_path(p))
+                stores[p] = PartitionStore(self.state_path(p), wal=False)   # standbys exist with a changelog only
             except Exception as exc:  # noqa: BLE001 - a standby is an optimisation: never stop for it
                 if "lock" not in str(exc).lower():   # else: open in another worker on this state directory
                     log.warning("standby store of partition %d cannot be opened: %s", p, exc)
