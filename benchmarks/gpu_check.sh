@@ -64,24 +64,7 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 GPU_CHECK_REPO="$REPO"
 unset STREAMSCORE_REQUIRE_NATIVE   # would turn ext's fallback to the reference into an ImportError
 T0=$(date +%s)
 DEADLINE=$(( T0 + ${GPU_CHECK_BUDGET_S:-330} ))   # every step's timeout is cut to what is left of this
-# lim N: N seconds, or less when the overall deadline is nearer (at least 10).
-lim() { local left=$(( DEADLINE - $(date +%s) - 5 )); [ "$left" -lt "$1" ] && echo $(( left < 10 ? 10 : left )) || echo "$1"; }
-
-note() { echo "$*" | tee -a "$SUMMARY"; }
-# install_wheels WHL...: pip --target; should pip be missing or fail, unpack them instead (these
-# wheels have no .data/ part, so unpacking into the target is what pip --target does).
-install_wheels() {
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$@"
-    local rc=$?
-    echo "pip install rc=$rc: $*"
-    if [ "$rc" != 0 ]; then
-        mkdir -p "$SITE"
-        "$PY" -c 'import sys, zipfile
-for w in sys.argv[2:]:
-    zipfile.ZipFile(w).extractall(sys.argv[1])' "$SITE" "$@"
-        echo "unpacked with zipfile instead: rc=$?"
-    fi
-}
+. "$REPO/benchmarks/gpu_common.sh"   # lim, note, install_wheels, build_native, ...
 : > "$SUMMARY"
 note "gpu_check start $(date -u +%FT%TZ) repo=$REPO py=$PY out=$OUT"
 
@@ -110,14 +93,8 @@ USE_SHIM=0
         echo "conftest imports OK"
     else
         "$PY" -c "import streams.settings, streams.broker" 2>&1 | tail -5
-        # pydantic needs typing_extensions >= 4.16: add the carried one only when the machine's is older.
-        if compgen -G ".whl/optional/typing_extensions-*.whl" > /dev/null && "$PY" -c '
-import importlib.metadata as m, re, sys
-v = m.version("typing_extensions"); print("typing_extensions on the machine:", v)
-sys.exit(0 if tuple(int(x) for x in re.findall(r"\d+", v)[:2]) < (4, 16) else 1)'; then
-            install_wheels .whl/optional/typing_extensions-*.whl
-            "$PY" -c "import streams.settings, streams.broker; print('conftest imports OK now')" 2>&1 | tail -5
-        fi
+        install_typing_extensions_if_old
+        "$PY" -c "import streams.settings, streams.broker; print('conftest imports OK now')" 2>&1 | tail -5
     fi
     echo "== import models"
     if [ "${GPU_CHECK_SHIM:-}" != "1" ] && "$PY" -c "import models" > /dev/null 2>&1; then
@@ -155,18 +132,10 @@ PYEOF
 note "step 0 setup: shim=$USE_SHIM PYTHONPATH=$PYTHONPATH ($(( $(date +%s) - T0 ))s)"
 
 # ------------------------------------------------------------------ 0b. the native kernels, for this python
-# ext/_native in the tree is built for CPython 3.11; build it for the machine's python3 (cmake, ninja,
-# nanobind are in its image) so that feature hashing runs natively, as on a dev machine. On failure
-# ext falls back to ext/_reference (identical results, slower hashing); env.txt says which.
-{
-    echo "== build ext/_native for $($PY -c 'import sys; print(sys.version.split()[0])')"
-    timeout "$(lim 120)" cmake -S . -B /tmp/extbuild -G Ninja -DCMAKE_BUILD_TYPE=Release \
-        -DPython_EXECUTABLE="$(command -v "$PY")" -DSTREAMSCORE_WERROR=OFF 2>&1 | tail -15 \
-    && timeout "$(lim 120)" cmake --build /tmp/extbuild 2>&1 | tail -15 \
-    && cp -v /tmp/extbuild/ext/_native*.so ext/
-    echo "rc=$?"
-} > "$OUT/build.txt" 2>&1
-note "step 0b native build: $(tail -1 "$OUT/build.txt") ($(( $(date +%s) - T0 ))s)"
+# ext/_native in the tree is built for CPython 3.11; build it for the machine's python3 so that
+# feature hashing runs natively, as on a dev machine; env.txt says which backend ran.
+build_native > "$OUT/build.txt" 2>&1
+note "step 0b native build: $(tail -1 "$OUT/build.txt") ($(el))"
 
 # ------------------------------------------------------------------ 1. environment
 {

@@ -77,24 +77,7 @@ for v in $(compgen -e | grep '^STREAMSCORE_'); do unset "$v"; done
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 T0=$(date +%s)
 DEADLINE=$(( T0 + ${E2E_BUDGET_S:-400} ))   # every step's timeout is cut to what is left of this
-# lim N: N seconds, or less when the overall deadline is nearer (at least 10).
-lim() { local left=$(( DEADLINE - $(date +%s) - 5 )); [ "$left" -lt "$1" ] && echo $(( left < 10 ? 10 : left )) || echo "$1"; }
-left() { echo $(( DEADLINE - $(date +%s) )); }
-el() { echo "$(( $(date +%s) - T0 ))s"; }
-
-note() { echo "$*" | tee -a "$SUMMARY"; }
-install_wheels() {
-    timeout -k 5 "$(lim 90)" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$@"
-    local rc=$?
-    echo "pip install rc=$rc: $(echo "$@" | wc -w) wheels"
-    if [ "$rc" != 0 ]; then
-        mkdir -p "$SITE"
-        "$PY" -c 'import sys, zipfile
-for w in sys.argv[2:]:
-    zipfile.ZipFile(w).extractall(sys.argv[1])' "$SITE" "$@"
-        echo "unpacked with zipfile instead: rc=$?"
-    fi
-}
+. "$REPO/benchmarks/gpu_common.sh"   # lim, left, el, note, install_wheels, build_native, ...
 : > "$SUMMARY"
 note "gpu_e2e start $(date -u +%FT%TZ) repo=$REPO py=$PY out=$OUT events=$EVENTS repeat=$REPEAT latency_s=$LAT_S"
 
@@ -112,25 +95,14 @@ note "gpu_e2e start $(date -u +%FT%TZ) repo=$REPO py=$PY out=$OUT events=$EVENTS
 } > "$OUT/setup.txt" 2>&1
 export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 {
-    if ! "$PY" -c "import pydantic, pydantic_settings" > /dev/null 2>&1 \
-        && compgen -G ".whl/optional/typing_extensions-*.whl" > /dev/null && "$PY" -c '
-import importlib.metadata as m, re, sys
-v = m.version("typing_extensions"); print("typing_extensions on the machine:", v)
-sys.exit(0 if tuple(int(x) for x in re.findall(r"\d+", v)[:2]) < (4, 16) else 1)'; then
-        install_wheels .whl/optional/typing_extensions-*.whl
+    if ! "$PY" -c "import pydantic, pydantic_settings" > /dev/null 2>&1; then
+        install_typing_extensions_if_old
     fi
 } >> "$OUT/setup.txt" 2>&1
 note "step 0 wheels: $(grep -E '^(pip install|unpacked|REFUSING)' "$OUT/setup.txt" | tr '\n' ' ') ($(el))"
 
 # ------------------------------------------------------------------ 0b. the native kernels, for this python
-{
-    echo "== build ext/_native for $($PY -c 'import sys; print(sys.version.split()[0])')"
-    timeout "$(lim 90)" cmake -S . -B /tmp/extbuild -G Ninja -DCMAKE_BUILD_TYPE=Release \
-        -DPython_EXECUTABLE="$(command -v "$PY")" -DSTREAMSCORE_WERROR=OFF 2>&1 | tail -15 \
-    && timeout "$(lim 120)" cmake --build /tmp/extbuild 2>&1 | tail -15 \
-    && cp -v /tmp/extbuild/ext/_native*.so ext/
-    echo "build rc=$?"
-} >> "$OUT/setup.txt" 2>&1
+build_native >> "$OUT/setup.txt" 2>&1
 note "step 0b native build: $(grep '^build rc=' "$OUT/setup.txt") ($(el))"
 
 # ------------------------------------------------------------------ 0c. imports, broker binary, torch
