@@ -292,7 +292,8 @@ class DeepModel:
         self._m2 = np.zeros(n_num, dtype=np.float64)
         self._inv_std = np.ones(n_num, dtype=np.float64)
 
-        # Labelled examples waiting for the next step (raw numeric, bucket indices, label).
+        # Labelled examples waiting for the next step (raw numeric, bucket indices, label);
+        # numeric and indices as 2-D chunks, one per encode (rows in order), not row by row
         self._pending_num: list[np.ndarray] = []
         self._pending_cat: list[np.ndarray] = []
         self._pending_y: list[float] = []
@@ -437,8 +438,8 @@ class DeepModel:
         i = 0
         while i < len(labels):
             take = min(bs - len(self._pending_y), len(labels) - i)
-            self._pending_num.extend(num[i:i + take])
-            self._pending_cat.extend(cat[i:i + take])
+            self._pending_num.append(num[i:i + take])
+            self._pending_cat.append(cat[i:i + take])
             self._pending_y.extend(labels[i:i + take])
             i += take
             if len(self._pending_y) >= bs:
@@ -463,8 +464,8 @@ class DeepModel:
         return n, mean, m2, inv_std
 
     def _step(self) -> None:
-        num = np.stack(self._pending_num)
-        cat = np.stack(self._pending_cat)
+        num = np.concatenate(self._pending_num)
+        cat = np.concatenate(self._pending_cat)
         count, mean, m2, inv_std = self._merged_stats(num)
         dense, cat_t = self._inputs(num, cat, mean, inv_std)
         y = torch.tensor(self._pending_y, dtype=torch.float32).to(self.device, non_blocking=True)
@@ -518,9 +519,9 @@ class DeepModel:
                       "mean": torch.from_numpy(self._mean.copy()),
                       "m2": torch.from_numpy(self._m2.copy())},
             "pending": {
-                "numeric": torch.from_numpy(np.stack(self._pending_num) if self._pending_num
+                "numeric": torch.from_numpy(np.concatenate(self._pending_num) if self._pending_num
                                             else np.zeros((0, n_num), dtype=np.float64)),
-                "categorical": torch.from_numpy(np.stack(self._pending_cat) if self._pending_cat
+                "categorical": torch.from_numpy(np.concatenate(self._pending_cat) if self._pending_cat
                                                 else np.zeros((0, n_cat), dtype=np.int64)),
                 "labels": list(self._pending_y),
             },
@@ -562,8 +563,8 @@ class DeepModel:
                 or not p_num.shape[0] == p_cat.shape[0] == len(labels) < m.params.batch_size):
             raise ValueError(f"checkpoint pending buffer is inconsistent: {p_num.shape[0]} rows, "
                              f"{p_cat.shape[0]} index rows, {len(labels)} labels, batch_size {m.params.batch_size}")
-        m._pending_num = [row.copy() for row in p_num]
-        m._pending_cat = [row.copy() for row in p_cat]
+        m._pending_num = [p_num.copy()] if len(labels) else []
+        m._pending_cat = [p_cat.copy()] if len(labels) else []
         m._pending_y = labels
         m.n_learned = int(d["n_learned"])
         m.steps = int(d["steps"])
