@@ -65,10 +65,15 @@ class BatchScorer:
         self.lag: dict[tuple[str, int], int] = {}
         self._drifts_seen: dict[tuple[int, str], int] = {}
         self._torch_models = [m.name for m in spec.models if m.kind in BATCH_KINDS]
-        if self._torch_models and settings.torch_threads:
+        if self._torch_models:
             import torch
 
-            torch.set_num_threads(settings.torch_threads)
+            if settings.torch_threads:
+                torch.set_num_threads(settings.torch_threads)
+            # torch's first optimizer imports torch._dynamo (~1.2 s on a 2-core box): pay that
+            # here, at start-up, not on the event loop when the first partition is assigned
+            # (where it stalls the first batches, heartbeats included)
+            torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
         self._deployed: dict[str, tuple[Any, Any]] = {}     # model -> (file stamp, checkpoint or None)
         self._saved_versions: dict[tuple[int, str], str] = {}
         self._last_poll = -1e9                      # poll the deployed checkpoints at the first batch

@@ -152,3 +152,24 @@ def test_the_scorer_flushes_on_its_own_clock(tmp_path: Path, interval: float, fl
     assert (store.pending == 0) is flushed, store.pending
     assert store.get("p:e15") is not None                # read through the cache either way
     scorer.close()
+
+
+def test_a_torch_pipeline_warms_torch_up_before_any_partition_is_assigned(tmp_path: Path) -> None:
+    """The first torch optimizer imports torch._dynamo (~1 s): the scorer pays it when built,
+    so the first assignment does not stall the event loop. Checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from streams.agents import BatchScorer\n"
+        "from streams.settings import Settings\n"
+        "from streams.spec import load_spec\n"
+        "assert 'torch._dynamo' not in sys.modules, 'imported before the scorer: the check would prove nothing'\n"
+        f"s = Settings(state_dir={str(tmp_path)!r}, changelog=False, metrics_port=0, snapshot_key='k' * 32)\n"
+        "BatchScorer(s, load_spec('elec2_deep'), producer=object())\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "True"
