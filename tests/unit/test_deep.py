@@ -210,6 +210,32 @@ def test_batch_prediction_equals_per_row_prediction(trained: DeepModel, data: An
     assert len({round(p, 6) for p in batch}) > 100        # not a constant model
 
 
+def test_forward_is_the_layers_called_as_modules_bit_for_bit(trained: DeepModel, data: Any) -> None:
+    """forward() calls F.linear/F.relu/F.embedding itself (faster than each submodule's __call__):
+    outputs and gradients must equal those of the network run through its modules."""
+    _, _, test_xs, test_ys = data
+    num, cat = trained._encode(test_xs[:64])
+    dense, cat_t = trained._inputs(num, cat, trained._mean, trained._inv_std)
+    net = copy.deepcopy(trained.module).train()
+
+    def through_modules() -> torch.Tensor:
+        logit = net.bias.expand(dense.shape[0], 1) + net.wide_dense(dense) + net.wide_embed(cat_t).sum(dim=1)
+        deep_in = torch.cat([dense, net.deep_embed(cat_t).flatten(1)], dim=1)
+        return (logit + net.deep(deep_in)).squeeze(1)
+
+    y = torch.tensor(test_ys[:64], dtype=torch.float32)
+    grads = []
+    for run in (lambda: net(dense, cat_t), through_modules):
+        net.zero_grad(set_to_none=True)
+        out = run()
+        torch.nn.functional.binary_cross_entropy_with_logits(out, y).backward()
+        grads.append((out.detach().clone(), [p.grad.clone() for p in net.parameters()]))
+    (out_a, grad_a), (out_b, grad_b) = grads
+    assert torch.equal(out_a, out_b)
+    assert all(torch.equal(a, b) for a, b in zip(grad_a, grad_b, strict=True))
+    assert len({round(v, 6) for v in out_a.tolist()}) > 10     # a trained, non-constant network
+
+
 # ---------------------------------------------------------------------- missing values
 
 def test_missing_numeric_is_the_mean_and_missing_categorical_has_its_own_bucket(trained: DeepModel) -> None:
