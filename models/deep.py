@@ -490,7 +490,11 @@ class DeepModel:
         self.steps += 1
 
     def _new_optimizer(self) -> torch.optim.Adam:
-        return torch.optim.Adam(self._net.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay)
+        # fused on the CPU: one kernel for all parameters instead of a loop of small ops per tensor
+        # (0.55 -> 0.21 ms a step for the benchmark's model). Not bit-identical to the unfused
+        # loop, but as deterministic; CUDA keeps torch's default (foreach) until measured there.
+        return torch.optim.Adam(self._net.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay,
+                                fused=self.device.type == "cpu" or None)
 
     def _load_optimizer(self, sd: Mapping[str, Any]) -> None:
         sd = dict(sd)
