@@ -54,3 +54,14 @@ def test_latency_sweep_runs_correctly_with_a_worker_setting(tmp_path: Path):
     for r in doc["rows"]:
         assert r["correct"] is True and r["p99_latency_ms"] >= r["p50_latency_ms"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_processor_benchmark_answers_every_event_at_every_batch_size():
+    """`python -m benchmarks.processor`: one prediction per event (checked inside ``run``) for a
+    pipeline with models and labels and for one without."""
+    from benchmarks.processor import run
+
+    for pipeline in ("full", "windowed"):
+        rows = run(pipeline, events=1_500, batches=(3, 200), warm=600)
+        assert [r["batch"] for r in rows] == [3, 200]
+        assert all(r["events_per_s"] > 0 and r["us_per_event"] > 0 for r in rows)
