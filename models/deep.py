@@ -507,6 +507,10 @@ class DeepModel:
         for group in opt.param_groups:   # this model's hyper-parameters win over the checkpoint's
             group["lr"] = self.params.lr
             group["weight_decay"] = self.params.weight_decay
+            # and its implementation: a checkpoint saved by an unfused Adam (before fused was
+            # chosen on the CPU, or on a GPU) would otherwise switch this one back to the loop
+            group["fused"] = opt.defaults["fused"]
+            group["foreach"] = opt.defaults["foreach"]
         self._opt = opt
 
     # ------------------------------------------------------------------ checkpoints

@@ -343,6 +343,22 @@ def test_save_load_checkpoint_round_trip_continues_identically(data: Any, tmp_pa
     continue_and_compare(m, restored, data)
 
 
+def test_a_checkpoint_of_an_unfused_optimizer_continues_with_this_models_adam(data: Any) -> None:
+    """Loading keeps this model's optimizer implementation (fused on the CPU), as it keeps its lr:
+    load_state_dict alone would take the checkpoint's ``fused: None`` and run Adam's slow loop."""
+    xs, ys, _, _ = data
+    m = model()
+    m.learn_many(xs[:100], ys[:100])
+    state = m.state()
+    for group in state["optimizer"]["param_groups"]:      # as saved by an unfused Adam
+        group["fused"] = None
+        group["foreach"] = None
+    restored = DeepModel.from_state(state)
+    assert [g["fused"] for g in restored._opt.param_groups] == [True]
+    restored.learn_many(xs[100:200], ys[100:200])           # and it steps
+    assert restored.steps == m.steps + 3
+
+
 def test_from_state_rejects_foreign_dicts() -> None:
     with pytest.raises(ValueError, match="checkpoint"):
         DeepModel.from_state({"format": "something else"})
