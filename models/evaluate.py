@@ -112,8 +112,7 @@ class Prequential:
         half of one call per label.
         """
         threshold, window, recent, drift, log = self.threshold, self.window, self.recent, self.drift, math.log
-        auc = self.roc_auc
-        bins, pos, neg = auc.bins, auc.pos, auc.neg
+        auc_update = self.roc_auc.update
         correct, recent_correct, drifts = self.correct, self.recent_correct, self.drifts
         loss_n, loss_mean, baseline_loss = self.loss_n, self.loss_mean, self.baseline_loss
         positives, n = self.positives, self.n
@@ -132,12 +131,7 @@ class Prequential:
             x = -log(p) if y else -log(1 - p)
             loss_n += 1.0                               # stats.Mean.update, w = 1
             loss_mean += (1.0 / loss_n) * (x - loss_mean)
-            i = int(p_true * bins)                      # BinnedROCAUC.update
-            i = 0 if i < 0 else (bins - 1 if i >= bins else i)
-            if y:
-                pos[i] += 1
-            else:
-                neg[i] += 1
+            auc_update(y, p_true)
             base = (positives + 0.5) / (n + 1.0)
             baseline_loss += -log(base if y else 1.0 - base)
             positives += y
