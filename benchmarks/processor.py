@@ -32,7 +32,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.workload import make_workload
+from streams.app import tune_gc
 from streams.processor import PartitionProcessor, Record
 from streams.spec import load_spec
 from streams.state import PartitionStore
@@ -48,12 +51,7 @@ def run(pipeline: str, events: int = 40_000, batches: Sequence[int] = (2, 10, 50
     records = [Record(i, r.key, r.value, 0) for i, r in enumerate(w.records)]
     warm = min(warm, len(records) // 2)
     timed_events = sum(1 for r in w.records[warm:] if not r.is_label)
-    try:
-        import torch
-
-        torch.set_num_threads(1)          # as a worker (Settings.torch_threads)
-    except ImportError:                   # pragma: no cover - torch is a dependency
-        pass
+    torch.set_num_threads(1)              # as a worker (Settings.torch_threads)
     rows = []
     for size in batches:
         with tempfile.TemporaryDirectory() as d:
@@ -91,8 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--flush-s", type=float, default=0.1, help="Seconds between flushes. Default: 0.1.")
     ap.add_argument("--json", help="Write the rows as JSON here.")
     args = ap.parse_args(argv)
-    gc.freeze()                       # as a worker does (streams.app.tune_gc)
-    gc.set_threshold(50_000, *gc.get_threshold()[1:])
+    tune_gc(50_000)                   # as a worker does
     rows = run(args.pipeline, args.events, [int(b) for b in args.batches.split(",")], args.warm, args.flush_s)
     largest = rows[-1]
     print(f"{args.pipeline}: one partition in process, {args.events:,} events")
