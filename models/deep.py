@@ -494,7 +494,7 @@ class DeepModel:
         # (0.55 -> 0.21 ms a step for the benchmark's model). Not bit-identical to the unfused
         # loop, but as deterministic; CUDA keeps torch's default (foreach) until measured there.
         return torch.optim.Adam(self._net.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay,
-                                fused=self.device.type == "cpu" or None)
+                                fused=True if self.device.type == "cpu" else None)
 
     def _load_optimizer(self, sd: Mapping[str, Any]) -> None:
         sd = dict(sd)
