@@ -26,7 +26,7 @@ demo: $(STAMP)
 # Leg 2: the kernel-dependent tests again on the pure-Python twin.
 test: $(STAMP)
 	STREAMSCORE_REQUIRE_NATIVE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
-	STREAMSCORE_DISABLE_NATIVE=1 $(BIN)/python -m pytest -q tests/unit/test_ext_parity.py tests/unit/test_ext_tumbling.py tests/unit/test_features.py tests/unit/test_processor.py tests/unit/test_ext_keyed.py tests/unit/test_features_hopping.py tests/unit/test_features_session.py tests/unit/test_features_restart.py tests/unit/test_linear.py $(PYTEST_ARGS)
+	STREAMSCORE_DISABLE_NATIVE=1 $(BIN)/python -m pytest -q tests/unit/test_ext_parity.py tests/unit/test_ext_tumbling.py tests/unit/test_features.py tests/unit/test_processor.py tests/unit/test_ext_keyed.py tests/unit/test_features_hopping.py tests/unit/test_features_session.py tests/unit/test_features_session_grace.py tests/unit/test_features_restart.py tests/unit/test_linear.py $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -196,7 +196,7 @@ def test_overflowed_sums_survive_the_store(backend):
                                                              "x_count_session100ms_by_k": 3.0}
 
 
-@pytest.mark.parametrize("bad", [{}, {"gap_ms": 10, "size_ms": 10}, {"gap_ms": 10, "grace_ms": 5},
+@pytest.mark.parametrize("bad", [{}, {"gap_ms": 10, "size_ms": 10}, {"gap_ms": 10, "grace_ms": -5},
                                  {"gap_ms": 10, "aggs": ("decay_sum",)},
                                  {"gap_ms": 10, "aggs": ("count",), "half_life_ms": 5},
                                  {"gap_ms": 10, "aggs": ("last",)}, {"gap_ms": -1},

@@ -299,7 +299,7 @@ def test_windows_of_every_kind_parse() -> None:
     ({"kind": "hopping", "hop_ms": 6_000}, "missing required key 'size_ms'"),
     ({"kind": "session"}, "gap_ms > 0"),
     ({"kind": "session", "gap_ms": 10, "size_ms": 10}, "no size_ms"),
-    ({"kind": "session", "gap_ms": 10, "grace_ms": 10}, "grace_ms is not supported for session"),
+    ({"kind": "session", "gap_ms": 10, "grace_ms": -1}, "grace_ms must be a non-negative integer"),
     ({"kind": "session", "gap_ms": 10, "aggs": ["decay_mean"]}, "half_life_ms > 0"),
     ({"kind": "session", "gap_ms": "10m"}, "gap_ms must be an integer"),
     ({"kind": "tumbling", "size_ms": 10, "aggs": ["last"]}, "not supported for tumbling"),
