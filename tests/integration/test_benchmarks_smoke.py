@@ -65,3 +65,15 @@ def test_processor_benchmark_answers_every_event_at_every_batch_size():
         rows = run(pipeline, events=1_500, batches=(3, 200), warm=600)
         assert [r["batch"] for r in rows] == [3, 200]
         assert all(r["events_per_s"] > 0 and r["us_per_event"] > 0 for r in rows)
+
+
+def test_windows_benchmark_runs_every_kind_and_grace_saves_late_events():
+    """`python -m benchmarks.windows`: one row per window kind; only the kinds without grace drop events."""
+    from benchmarks.windows import KINDS, run
+
+    rows = run(events=4_000, keys=50, batch=250)
+    assert [r["kind"] for r in rows] == [name for name, _ in KINDS]
+    assert rows[0]["vs_tumbling"] == 1.0 and all(r["events_per_s"] > 0 for r in rows)
+    late = {r["kind"]: r["late"] for r in rows}
+    assert late["session"] > 0 and late["sliding"] > 0
+    assert late["session_grace"] == late["sliding_grace"] == late["tumbling_grace"] == 0
