@@ -85,3 +85,8 @@ def test_bandit_spec_checks() -> None:
         parse_spec({**base, "bandit": {**base["bandit"], "arms": []}}, "<t>")
     with pytest.raises(SpecError, match="bandit model|classification model"):
         parse_spec({**base, "models": [{"name": "lr", "kind": "logistic_regression"}]}, "<t>")
+    # A timed-out event has no reward to learn: a bandit learns only from rewards that arrive. The
+    # processor has no learn_one path for a policy, so the spec must refuse the combination up front.
+    with pytest.raises(SpecError, match="default is not supported for bandits"):
+        parse_spec({**base, "labels": {"timeout_ms": 60_000, "default": 0}}, "<t>")
+    assert parse_spec({**base, "labels": {}}, "<t>").label_default is None
