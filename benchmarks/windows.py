@@ -9,8 +9,9 @@ window definition at a time, in micro-batches of 500 with a flush to a dict
 after each (a worker flushes before each commit), and prints events/s per
 kind with its ratio to the plain tumbling window, measured in the same run.
 
-The session windows with ``grace_ms`` run in pure Python for both backends
-(see ``streams.features``); this is where their price shows.
+Session windows with ``grace_ms`` and the decayed sums of sliding windows
+run in pure Python for both backends (see ``streams.features``); this is
+where their price shows.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ KINDS: tuple[tuple[str, WindowSpec], ...] = (
     ("sliding", WindowSpec(key="k", field="x", kind="sliding", size_ms=60_000, aggs=("count", "mean", "since"))),
     ("sliding_grace", WindowSpec(key="k", field="x", kind="sliding", size_ms=60_000, grace_ms=5_000,
                                  aggs=("count", "mean", "since"))),
+    ("sliding_decay", WindowSpec(key="k", field="x", kind="sliding", size_ms=60_000, grace_ms=5_000,
+                                 half_life_ms=10_000, aggs=("count", "mean", "since", "decay_sum", "decay_mean"))),
     ("hopping_grace", WindowSpec(key="k", field="x", kind="hopping", size_ms=60_000, hop_ms=10_000, grace_ms=5_000,
                            aggs=("count", "mean"))),
     ("session", WindowSpec(key="k", field="x", kind="session", gap_ms=2_000, aggs=("count", "mean", "since"))),

@@ -206,9 +206,14 @@ def test_bad_session_specs_are_rejected(bad):
         WindowSpec(**{"key": "k", "field": "x", "kind": "session", **bad})
 
 
-def test_decay_is_session_only():
-    with pytest.raises(ValueError, match="not supported for sliding"):
-        WindowSpec(key="k", field="x", size_ms=10, kind="sliding", aggs=("decay_sum",), half_life_ms=5)
+def test_decay_is_for_session_and_sliding_windows():
+    """Tumbling and hopping sums restart at each bucket edge: no decay there."""
+    with pytest.raises(ValueError, match="not supported for tumbling"):
+        WindowSpec(key="k", field="x", size_ms=10, aggs=("decay_sum",), half_life_ms=5)
+    with pytest.raises(ValueError, match="not supported for hopping"):
+        WindowSpec(key="k", field="x", size_ms=10, hop_ms=5, kind="hopping", aggs=("decay_mean",), half_life_ms=5)
+    assert WindowSpec(key="k", field="x", size_ms=10, kind="sliding", aggs=("decay_sum",), half_life_ms=5).names \
+        == ("x_decay5ms_sum_10ms_by_k",)
     with pytest.raises(ValueError, match="gap_ms is for session"):
         WindowSpec(key="k", field="x", size_ms=10, gap_ms=5)
 

@@ -31,8 +31,12 @@ SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
-def brute_force(events, size, grace):
-    """[(features, late?, scale)] for events [(key, ts, value or None)] in list order (values: numbers or ids)."""
+def brute_force(events, size, grace, half_life=None):
+    """[(features, late?, scale)] for events [(key, ts, value or None)] in list order (values: numbers or ids).
+
+    With ``half_life``: also decay_sum = sum(v_i * 2**(-(end - t_i) / half_life)) over the window
+    (math.fsum) and decay_mean = that over the sum of the weights, and scale is (scale, decay scale).
+    """
     applied: list[tuple[str, int, int, float]] = []   # (key, ts, arrival, value)
     newest: dict[str, int] = {}
     out = []
@@ -60,7 +64,17 @@ def brute_force(events, size, grace):
         if prev is not None:
             f["last"] = prev[2]
             f["since"] = float(end - prev[0])
-        out.append((f, late, max((abs(x) for x in xs if not isinstance(x, str)), default=0.0)))
+        scale = max((abs(x) for x in xs if not isinstance(x, str)), default=0.0)
+        if half_life is not None:
+            ws = [2.0 ** (-(end - tj) / half_life) for tj, _, _ in items]
+            f["decay_sum"] = math.fsum(w * x for w, x in zip(ws, xs))
+            if n:    # the mean from weights relative to the newest item: no underflow in the ratio
+                rel = [2.0 ** (-(items[-1][0] - tj) / half_life) for tj, _, _ in items]
+                f["decay_mean"] = math.fsum(w * x for w, x in zip(rel, xs)) / math.fsum(rel)
+            else:
+                f["decay_mean"] = 0.0
+            scale = (scale, math.fsum(w * abs(x) for w, x in zip(ws, xs)))
+        out.append((f, late, scale))
     return out
 
 
@@ -85,6 +99,22 @@ def test_sliding_equals_brute_force(backend, vals, aggs, size, grace, in_order, 
     assert late == sum(e[1] for e in expected)
     if in_order:
         assert late == 0
+
+
+@SETTINGS
+@given(size=st.sampled_from([1, 7, 100, 1000, 10**6]), grace=st.sampled_from([0, 3, 100, 2000, 10**7]),
+       half_life=st.sampled_from([1, 7, 500, 10**6]), in_order=st.booleans(), data=st.data())
+def test_sliding_decay_equals_brute_force(backend, size, grace, half_life, in_order, data):
+    raw = data.draw(streams(values(small=50)))
+    events = sorted(raw, key=lambda e: e[1]) if in_order else raw
+    spec = WindowSpec(key="k", field="x", size_ms=size, kind="sliding", grace_ms=grace, half_life_ms=half_life,
+                      aggs=("count", "sum", "decay_sum", "decay_mean"))
+    cuts = data.draw(st.lists(st.integers(1, 20), min_size=1, max_size=40))
+    reload_at = frozenset(data.draw(st.lists(st.integers(0, 40), max_size=10)))
+    got, late, _, _ = run(spec, events, backend, batches=cuts + [len(events)], reload_at=reload_at)
+    expected = brute_force(events, size, grace, half_life)
+    check(got, expected, spec)
+    assert late == sum(e[1] for e in expected)
 
 
 def random_stream(seed, n, **kw):
@@ -114,6 +144,46 @@ def test_sliding_long_random_stream(backend, grace, distinct):
     assert late == sum(e[1] for e in expected) > 0
     if distinct:
         assert max(g["x_distinct_400ms_by_k"] for g in got) > 5
+
+
+def test_sliding_decay_long_stream_restarts_bit_for_bit(backend):
+    """Blocks roll hundreds of times; a restart from the store at every batch changes no bit."""
+    events = random_stream(3, 4000, disorder=600)
+    spec = WindowSpec(key="k", field="x", size_ms=400, kind="sliding", grace_ms=200, half_life_ms=150,
+                      aggs=("count", "decay_sum", "decay_mean"))
+    rnd = random.Random(4)
+    batches = [rnd.randint(1, 200) for _ in range(80)]
+    kept, late, _, _ = run(spec, events, backend, batches=batches)
+    restarted, late2, _, _ = run(spec, events, backend, batches=batches, reload_at=frozenset(range(80)))
+    assert late == late2 > 0
+    assert [list(g) for g in kept] == [list(g) for g in restarted]
+    assert_bits_equal([x for g in kept for x in g.values()], [x for g in restarted for x in g.values()])
+    check(kept, brute_force(events, 400, 200, 150), spec)
+
+
+def test_decay_semantics_and_state(backend):
+    spec = WindowSpec(key="k", field="x", size_ms=100, kind="sliding", grace_ms=50, half_life_ms=10,
+                      aggs=("count", "decay_sum", "decay_mean"))
+    w, store = Windows([spec], kernels=backend), {}
+
+    def f(t, v=None):
+        got = w.update({"k": "a", "x": v} if v is not None else {"k": "a"}, t, store.get)
+        return tuple(got[n] for n in spec.names)
+
+    assert f(0, 1.0) == (1.0, 1.0, 1.0)
+    assert f(10, 1.0) == (2.0, 1.5, 1.0)                   # one half-life later: 1 * 0.5 + 1
+    assert f(20) == (2.0, 0.75, 1.0)                       # value-less: the same items, 10 ms older
+    approx = pytest.approx
+    assert f(105, 4.0) == (2.0, approx(4.0 + 2 ** -9.5), approx((4.0 + 2 ** -9.5) / (1 + 2 ** -9.5)))  # 0 left
+    assert f(60, 8.0)[:2] == (3.0, approx(8.0 + 2 ** -6 + 2 ** -5))   # within grace: its own window (-40, 60]
+    w.flush(store.__setitem__)
+    w = Windows([spec], kernels=backend)
+    assert f(106, 0.0)[:2] == (4.0, approx(4.0 * 2 ** -0.1 + 8.0 * 2 ** -4.6 + 2 ** -9.6))  # (+ 0.0)
+    assert f(500) == (0.0, 0.0, 0.0)                      # nothing in (400, 500]
+    # the sliding state keeps its prefix whatever the half-life; the decay state has its own
+    other = WindowSpec(**{**spec.__dict__, "half_life_ms": 20})
+    assert other.prefix == spec.prefix and other.decay_prefix != spec.decay_prefix
+    assert spec.prefix + "a" in store and spec.decay_prefix + "a" in store
 
 
 def test_out_of_order_semantics(backend):
@@ -202,6 +272,20 @@ def test_state_stays_bounded(backend, grace):
     assert {s[0] for s in sizes[10:]} == {7}
     # items per key: at most the events of one size + grace span (gaps >= 5 ms)
     assert max(s[2] for s in sizes) <= (5_000 + grace) // 5 + 1
+    first, last = max(s[1] for s in sizes[20:100]), max(s[1] for s in sizes[100:])
+    assert last <= first * 1.1, (first, last)
+
+
+def test_sliding_decay_state_stays_bounded(backend):
+    """The decayed sums keep their own items: those of one size + grace span, like the window's."""
+    spec = WindowSpec(key="k", field="x", size_ms=5_000, kind="sliding", grace_ms=1000, half_life_ms=700,
+                      aggs=("decay_sum",))
+    sizes = []
+    for store in bounded_key_stream(spec, backend, 5, 200):
+        decay = [orjson.loads(v) for k, v in store.items() if k.startswith(spec.decay_prefix)]
+        sizes.append((len(decay), sum(len(v) for v in store.values()), max(len(d[1]) for d in decay)))
+    assert {s[0] for s in sizes[10:]} == {7}
+    assert 100 < max(s[2] for s in sizes) <= 6_000 // 5 + 1
     first, last = max(s[1] for s in sizes[20:100]), max(s[1] for s in sizes[100:])
     assert last <= first * 1.1, (first, last)
 
