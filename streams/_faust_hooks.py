@@ -53,6 +53,13 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     batch_topics: frozenset[str] = frozenset()
     batch_handler: BatchHandler | None = None
+    #: True: the batch handler acknowledges offsets itself (:meth:`ack_offsets`), once the
+    #: state that covers them is written; False: each batch is acknowledged when handled
+    defer_acks: bool = False
+
+    def ack_offsets(self, topic: str, partition: int, offsets: Sequence[int]) -> None:
+        """Acknowledge ``offsets`` of ``topic`` / ``partition`` (see :attr:`defer_acks`)."""
+        self.ack_batch(self._new_topicpartition(topic, partition), offsets)
 
     def ack_batch(self, tp: Any, offsets: Sequence[int]) -> None:
         """Acknowledge ``offsets`` of ``tp`` in faust's bookkeeping, in one step."""
@@ -111,7 +118,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     self.app.monitor.track_tp_end_offset(tp, highwater)
                     if tp.topic in batch_topics and handler is not None:
                         await handler(tp.topic, tp.partition, recs, highwater)
-                        self.ack_batch(tp, [r.offset for r in recs])
+                        if not self.defer_acks:
+                            self.ack_batch(tp, [r.offset for r in recs])
                     else:
                         for r in recs:
                             await self.callback(self._to_message(tp, r))
@@ -233,7 +241,8 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
                         _confluent_tp(topic, partition), cached=True)[1]
                     if handler is not None:
                         await handler(topic, partition, recs, highwater)
-                    self.ack_batch(tp, [r.offset for r in recs])
+                    if not self.defer_acks or handler is None:
+                        self.ack_batch(tp, [r.offset for r in recs])
                     read_offset[tp] = recs[-1].offset + 1
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
                     self._n_acked = 0
@@ -268,8 +277,10 @@ class LibrdkafkaBatchTransport(faust_aiokafka.Transport):
 
 
 def install(app: Any, topics: frozenset[str], handler: BatchHandler,
-            rk_config: dict[str, Any] | None = None, poll_max: int = 10_000) -> None:
-    """Route ``topics`` of ``app``'s consumer to ``handler`` in batches.
+            rk_config: dict[str, Any] | None = None, poll_max: int = 10_000,
+            defer_acks: bool = False) -> Callable[[str, int, Sequence[int]], None]:
+    """Route ``topics`` of ``app``'s consumer to ``handler`` in batches; returns the function that
+    acknowledges offsets (``ack(topic, partition, offsets)``), for a handler that defers its acks.
 
     Call before the app starts; the app must build its transport with
     :class:`BatchTransport` or :class:`LibrdkafkaBatchTransport` (see
@@ -281,8 +292,10 @@ def install(app: Any, topics: frozenset[str], handler: BatchHandler,
         raise TypeError(f"app consumer is {type(consumer).__name__}, not BatchConsumer")
     consumer.batch_topics = topics
     consumer.batch_handler = handler
+    consumer.defer_acks = defer_acks
     if isinstance(consumer, LibrdkafkaBatchConsumer):
         if not rk_config or "group.id" not in rk_config:
             raise ValueError("the librdkafka fetch path needs rk_config with the app's group.id")
         consumer.rk_config = dict(rk_config)
         consumer.poll_max = poll_max
+    return consumer.ack_offsets

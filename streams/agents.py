@@ -2,10 +2,12 @@
 
 Why thin: faust hands us one fetched partition-batch at a time (see
 ``streams/_faust_hooks.py``); this module finds the partition's processor,
-publishes its outputs without awaiting each send, and counts. Commit order,
-enforced by :meth:`BatchScorer.flush` which runs before every faust offset
-commit: outputs delivered (producer flush) -> state written (RocksDB batch) ->
-offsets committed (faust).
+publishes its outputs without awaiting each send, and counts. Commit order:
+outputs and changelog records delivered -> state written (RocksDB batch) ->
+offsets acknowledged into faust's bookkeeping -> committed by faust. A batch's
+offsets are acknowledged only by the flush that covers it (:class:`_Flush`),
+so faust never commits past what the state holds; the flush itself runs a
+chunk at a time beside the batches that follow (docs/reliability.md §3).
 """
 
 from __future__ import annotations
@@ -45,6 +47,156 @@ class DeliveryError(RuntimeError):
     """An output record could not be delivered; offsets must not be committed."""
 
 
+#: what a flush step yields: more work now, or waiting on the broker (poll again shortly)
+_MORE, _WAIT = 0, 1
+
+
+class _Flush:
+    """One flush: the sealed writes of some partitions and the input offsets they cover.
+
+    Why a generator of steps: a flush of a moderately loaded worker holds
+    thousands of keys (a stored prediction per event, the windows of every
+    entity touched) and used to hold the event loop for 20-50 ms while it
+    sent them and waited for the broker: most of the worker's p99 latency.
+    Now :meth:`BatchScorer.handle` seals the stores and drives the flush a
+    chunk at a time on the event loop, between batches (whose writes go to a
+    fresh set, see ``PartitionStore.seal``), and a commit acknowledges only
+    the offsets of flushes that finished. :meth:`finish` runs the rest at once
+    (a close, a revoke, a synchronous :meth:`BatchScorer.flush`). Steps: seal
+    each partition's store (what its processor holds in memory first, its
+    model snapshots included) and take the offsets its batches so far cover;
+    changelog records in chunks and each partition's commit marker; wait until the
+    outputs produced before the seal and the changelog records are delivered;
+    write each store's sealed batch; acknowledge the offsets. A flush yields
+    between steps for at most ``commit_interval_s``, then runs the rest at
+    once (blocking producer flushes): under a backlog every yield lets a whole
+    batch in, and the pending writes and the commit lag must stay bounded. On an error the writes are unsealed (the
+    next flush sends them again) and the offsets stay unacknowledged.
+    """
+
+    CHUNK = 512
+
+    def __init__(self, scorer: BatchScorer, procs: list[PartitionProcessor], timeout: float) -> None:
+        self.scorer, self.procs, self.timeout = scorer, procs, timeout
+        self.acks: list[tuple[str, int, list[int]]] = []    # (topic, partition, offsets) the flush covers
+        self.blocking = False          # finish(): wait with blocking flushes, no yielding
+        self.cancelled = False         # the scorer failed: stop, touch nothing
+        self.keys = 0
+        self.started = time.perf_counter()
+        # past this, the rest runs at once: with a backlog every yield lets a whole batch in,
+        # and a flush that never ends would let the pending writes and commit lag grow
+        self.deadline = time.monotonic() + max(0.05, scorer.settings.commit_interval_s)
+        self._steps = self._run()
+
+    def step(self) -> int | None:
+        """Run the next step: ``_MORE``, ``_WAIT``, or None when the flush is over."""
+        return next(self._steps, None)
+
+    def finish(self) -> None:
+        """Run every step left, blocking on the broker where needed."""
+        self.blocking = True
+        for _ in self._steps:
+            pass
+
+    def _pause(self) -> bool:
+        """True: yield to the batches now; False: go on (finishing, or the flush has had its time)."""
+        if not self.blocking and time.monotonic() > self.deadline:
+            self.blocking = True
+        return not self.blocking
+
+    def _run(self) -> Any:
+        sc = self.scorer
+        try:
+            for i, proc in enumerate(self.procs):   # one partition per step: a model snapshot is ~2.5 ms
+                if i and self._pause():
+                    yield _MORE
+                    if self.cancelled:
+                        return
+                proc.prepare()
+                self.keys += proc.store.seal()
+                self.acks += [(topic, proc.partition, offsets)
+                              for topic, offsets in sc._unacked.pop(proc.partition, ())]
+            cl = sc.changelog
+            if cl is not None:
+                for proc in self.procs:
+                    items = proc.store.sealed_items()
+                    for lo in range(0, len(items), self.CHUNK):
+                        cl.produce_entries(proc.partition, items[lo:lo + self.CHUNK])
+                        if self._pause():
+                            yield _MORE
+                            if self.cancelled:
+                                return
+                    proc.store.stage_sealed(len(items) + cl.mark(proc.partition, len(items)))
+            yield from self._delivered()
+            if self.cancelled:
+                return
+            for i, proc in enumerate(self.procs):
+                if i and self._pause():             # one RocksDB write (~1-2 ms) per step
+                    yield _MORE
+                    if self.cancelled:
+                        return
+                proc.store.write_sealed()
+        except BaseException:
+            if not self.cancelled:
+                for proc in self.procs:
+                    proc.store.unseal()
+                for topic, partition, offsets in reversed(self.acks):
+                    sc._unacked.setdefault(partition, []).insert(0, (topic, offsets))
+            raise
+        if sc.acker is not None:
+            for topic, partition, offsets in self.acks:
+                if partition in sc.processors:     # a partition revoked meanwhile is its next owner's
+                    sc.acker(topic, partition, offsets)
+        sc.metrics.flush_seconds.observe(time.perf_counter() - self.started)
+        sc.metrics.flush_keys.observe(self.keys)
+        sc.save_checkpoints()
+
+    def _delivered(self) -> Any:
+        """Wait until every output sent so far and the changelog records are delivered; raise if not.
+
+        Outputs: the producer's queue empty means every output of the sealed
+        batches was answered (the broker's acks; failures come as delivery
+        reports). Under a steady load it empties between batches; if not
+        within the flush's time, a blocking flush waits for it. An output that
+        failed is lost: the scorer fails (:meth:`BatchScorer._fail`), nothing
+        it holds is committed, and the restarted worker answers those records
+        again from the last committed state.
+        """
+        sc = self.scorer
+        producer = sc._producer
+        while producer is not None:
+            producer.poll(0)
+            if not len(producer):
+                break
+            if not self._pause():
+                if left := producer.flush(self.timeout):
+                    reason = f"{left} output records not delivered within {self.timeout}s"
+                    sc._fail(reason)
+                    raise DeliveryError(reason)
+                break
+            yield _WAIT
+            if self.cancelled:
+                return
+        if sc._delivery_errors:
+            errs, sc._delivery_errors = sc._delivery_errors, []
+            reason = f"{len(errs)} output records failed: {errs[:3]}"
+            sc._fail(reason)
+            raise DeliveryError(reason)
+        cl = sc.changelog
+        if cl is None:
+            return
+        while cl.in_flight():
+            if not self._pause():
+                if errs := cl.flush(self.timeout):
+                    raise DeliveryError(f"changelog records not delivered: {errs[:3]}")
+                return
+            yield _WAIT
+            if self.cancelled:
+                return
+        if errs := cl.take_errors():
+            raise DeliveryError(f"changelog records not delivered: {errs[:3]}")
+
+
 class BatchScorer:
     """Owns the partition processors, the output producer and the metrics of a worker."""
 
@@ -81,6 +233,13 @@ class BatchScorer:
         self.changelog: Changelog | None = None
         self._opening: dict[int, asyncio.Future[None]] = {}      # partition -> its recovery in progress
         self._failed: str | None = None                           # why a batch failed half-way (see _fail)
+        #: ``acker(topic, partition, offsets)``: acknowledge input offsets into faust's bookkeeping, which
+        #: commits them (set by streams.app); None: nobody commits (tests, in-process runs)
+        self.acker: Any = None
+        self._unacked: dict[int, list[tuple[str, list[int]]]] = {}   # partition -> batches not yet flushed
+        self._inflight: _Flush | None = None                        # the flush being sent, if any
+        self._flush_task: asyncio.Task[None] | None = None          # its driver (a reference keeps it alive)
+        self._flush_error: BaseException | None = None              # why the last background flush failed
         if settings.changelog:
             self.changelog = Changelog(
                 settings.changelog_topic(spec.name),
@@ -343,16 +502,59 @@ class BatchScorer:
         except Exception as exc:
             self._fail(f"partition {partition}: {type(exc).__name__}: {exc}")
             raise
+        if self.acker is not None and records:
+            self._unacked.setdefault(partition, []).append((topic, [r.offset for r in records]))
         self.producer.poll(0)
         self._count(logical, len(records), proc, time.perf_counter() - t0)
         now = time.monotonic()
         if now - self._last_metrics >= self.settings.metrics_interval_s:
             self.publish_metrics()
-        if now - self._last_flush >= self.settings.commit_interval_s:
-            # flush on our own clock too, not only when faust commits: faust's commit timer
-            # slips behind its interval while a commit waits on the broker, and each flush
-            # stalls the loop for time proportional to what it holds (see flush)
-            self.flush()
+        self.start_flush()
+
+    def start_flush(self) -> None:
+        """Seal and start sending a flush on the event loop, once ``commit_interval_s`` has passed since
+        the last one began and none is in flight (called after each batch and at each faust commit).
+
+        Why on our own clock too, not only when faust commits: faust's commit timer slips
+        behind its interval while a commit waits on the broker.
+        """
+        if (self._inflight is not None or self._failed is not None or not self.processors
+                or time.monotonic() - self._last_flush < self.settings.commit_interval_s):
+            return
+        job = self._begin(None)
+        self._inflight = job
+        self._flush_task = asyncio.get_running_loop().create_task(self._drive(job))
+
+    async def _drive(self, job: _Flush) -> None:
+        """Run ``job`` a step at a time, yielding to the batches between steps. A cancelled drive
+        (the loop closing) leaves the job in flight: :meth:`flush` finishes it."""
+        try:
+            while (r := job.step()) is not None:
+                await asyncio.sleep(0.001 if r == _WAIT else 0)
+        except Exception as exc:
+            log.warning("flush failed, its writes will be sent again: %s", exc)
+            self._flush_error = exc
+        if self._inflight is job:
+            self._inflight = None
+
+    def on_commit(self) -> None:
+        """faust is about to commit the offsets acknowledged so far: raise if the last flush failed
+        (nothing it covered was acknowledged), else start the next flush if one is due."""
+        if self._failed is not None:
+            raise BatchFailed(f"not committing after a failed batch ({self._failed}); restart the worker")
+        if self._flush_error is not None:
+            err, self._flush_error = self._flush_error, None
+            raise err
+        self.start_flush()
+
+    def _begin(self, partitions: Iterable[int] | None, timeout: float | None = None) -> _Flush:
+        """A flush of ``partitions`` (all by default); its first steps seal them one at a time."""
+        if timeout is None:      # every record is delivered or has failed by then (message.timeout.ms)
+            timeout = self.settings.delivery_timeout_s + 5.0
+        parts = list(self.processors if partitions is None else partitions)
+        procs = [proc for p in parts if (proc := self.processors.get(p)) is not None]
+        self._last_flush = time.monotonic()
+        return _Flush(self, procs, timeout)
 
     def _fail(self, reason: str) -> None:
         """A batch failed half-way: its state may hold answers that were never published.
@@ -364,6 +566,10 @@ class BatchScorer:
         """
         self._failed = reason
         log.error("a batch failed half-way (%s): dropping pending state; no offset is committed any more", reason)
+        if self._inflight is not None:
+            self._inflight.cancelled = True
+            self._inflight = None
+        self._unacked.clear()
         for proc in self.processors.values():
             proc.store.discard()
             proc.close()
@@ -417,36 +623,20 @@ class BatchScorer:
         self.producer.poll(0)
 
     def flush(self, partitions: Iterable[int] | None = None, timeout: float | None = None) -> None:
-        """Deliver every output and changelog record, then write state. Raises :class:`DeliveryError` on loss.
+        """Finish the flush in flight, then flush ``partitions`` (all by default) at once: deliver every
+        output and changelog record, write state, acknowledge the offsets covered. Raises
+        :class:`DeliveryError` on loss.
 
         On an error nothing is written locally: the pending state stays
-        pending and is sent again by the next flush, and faust commits no
-        offset past the records it covers.
+        pending and is sent again by the next flush, and no offset it covers is
+        acknowledged, so faust commits none.
         """
         if self._failed is not None:
             raise BatchFailed(f"not committing after a failed batch ({self._failed}); restart the worker")
-        if timeout is None:      # every record is delivered or has failed by then (message.timeout.ms)
-            timeout = self.settings.delivery_timeout_s + 5.0
-        procs = [proc for p in (self.processors if partitions is None else partitions)
-                 if (proc := self.processors.get(p)) is not None]
-        for proc in procs:
-            proc.prepare()
-            if self.changelog is not None:
-                proc.store.staged(self.changelog.send(proc.partition, proc.store.dirty_items()))
-        batches = [proc.store.batch() for proc in procs]   # built while the producers deliver
-        if self._producer is not None:
-            left = self._producer.flush(timeout)
-            if left:
-                raise DeliveryError(f"{left} output records not delivered within {timeout}s")
-        if self._delivery_errors:
-            errs, self._delivery_errors = self._delivery_errors, []
-            raise DeliveryError(f"{len(errs)} output records failed: {errs[:3]}")
-        if self.changelog is not None and (errs := self.changelog.flush(timeout)):
-            raise DeliveryError(f"changelog records not delivered: {errs[:3]}")
-        for proc, wb in zip(procs, batches):
-            proc.store.write(wb)
-        self.save_checkpoints()
-        self._last_flush = time.monotonic()
+        job, self._inflight = self._inflight, None
+        if job is not None:
+            job.finish()
+        self._begin(partitions, timeout).finish()
 
     def close(self, partitions: Iterable[int] | None = None) -> None:
         """Flush and close the processors of ``partitions`` (all by default)."""

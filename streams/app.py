@@ -41,14 +41,19 @@ class StreamscoreApp(faust.App):
 
 
 class CommitSensor(Sensor):
-    """Flushes outputs and state before faust commits offsets (the commit order)."""
+    """Before faust commits: raise if the last flush failed, else start the next flush if due.
+
+    faust commits only offsets the scorer acknowledged, and it acknowledges a
+    batch's offsets once the flush that covers it has written the state (the
+    commit order, docs/reliability.md §3), so a commit never waits on a flush.
+    """
 
     def __init__(self, scorer: BatchScorer) -> None:
         super().__init__()
         self.scorer = scorer
 
     def on_commit_initiated(self, consumer: Any) -> Any:
-        self.scorer.flush()
+        self.scorer.on_commit()
         return None
 
 
@@ -136,8 +141,8 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
         # that keeps up, so keep it short (but see Settings.fetch_wait_ms for s3://)
         "fetch.wait.max.ms": settings.fetch_wait_ms,
     })
-    _faust_hooks.install(app, scorer.batch_topics, scorer.handle, rk_config=rk_config,
-                         poll_max=settings.batch_max)
+    scorer.acker = _faust_hooks.install(app, scorer.batch_topics, scorer.handle, rk_config=rk_config,
+                                        poll_max=settings.batch_max, defer_acks=True)
     return app
 
 

@@ -158,17 +158,40 @@ class Changelog:
     def send(self, partition: int, entries: Iterator[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes | None]]) -> int:
         """Produce one flush: ``(key, value)`` entries (``None``: a delete) to ``partition``, then its commit
         marker; how many records, the marker included (0: no entries, nothing sent)."""
+        n = self.produce_entries(partition, entries)
+        n += self.mark(partition, n)
+        self.producer.poll(0)
+        return n
+
+    def produce_entries(self, partition: int,
+                        entries: Iterator[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes | None]]) -> int:
+        """Produce part of a flush (no marker); how many records. A flush sent in parts ends with :meth:`mark`."""
         produce = self._produce
         topic = self.topic
         n = 0
         for k, v in entries:
             produce(topic, v, k, partition)
             n += 1
-        if n:
-            produce(topic, str(n).encode(), COMMIT_MARKER, partition)
-            n += 1
-        self.producer.poll(0)
         return n
+
+    def mark(self, partition: int, n: int) -> int:
+        """The commit marker of a flush of ``n`` records to ``partition``; 1 (0 when ``n`` is 0: no marker)."""
+        if not n:
+            return 0
+        self._produce(self.topic, str(n).encode(), COMMIT_MARKER, partition)
+        return 1
+
+    def in_flight(self) -> int:
+        """Records sent and not yet acknowledged (or failed); serves delivery reports first."""
+        if self._producer is None:
+            return 0
+        self._producer.poll(0)
+        return len(self._producer)
+
+    def take_errors(self) -> list[str]:
+        """The delivery errors since the last call."""
+        errors, self._errors = self._errors, []
+        return errors
 
     def _produce(self, topic: str, value: bytes | None, key: bytes, partition: int) -> None:
         try:

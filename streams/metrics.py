@@ -228,6 +228,13 @@ class Metrics:
             "streamscore_state_changelog_recovery_seconds",
             "Seconds to bring one partition's state up to date from its changelog.",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300), registry=r)
+        self.flush_seconds = Histogram(
+            "streamscore_state_flush_seconds",
+            "One flush, from its seal to its offsets acknowledged: changelog sent and delivered, state "
+            "written (it runs beside the batches that follow; a commit covers only finished flushes).",
+            buckets=LATENCY_BUCKETS_S, registry=r)
+        self.flush_keys = Histogram("streamscore_state_flush_keys", "State keys written by one flush.",
+                                    buckets=(10, 100, 500, 1000, 2500, 5000, 10000, 25000, 100000), registry=r)
         self.standby_applied = Counter(
             "streamscore_state_standby_applied_records",
             "Changelog records applied to this worker's standby copies of partitions it does not own.",

@@ -60,10 +60,15 @@ class PartitionStore:
             self._db.set_write_options(no_wal)
         self._dirty: dict[bytes, object] = {}
         self._staged: int | None = None       # changelog records sent for the dirty keys, not yet written
+        #: the writes of a flush in flight (see :meth:`seal`): newer than the disk, older than ``_dirty``
+        self._sealed: dict[bytes, object] | None = None
+        self._sealed_staged: int | None = None
 
     def get(self, key: str) -> bytes | None:
         k = key.encode()
         v = self._dirty.get(k)
+        if v is None and self._sealed is not None:
+            v = self._sealed.get(k)
         if v is _DELETED:
             return None
         if v is not None:
@@ -78,17 +83,59 @@ class PartitionStore:
 
     @property
     def pending(self) -> int:
-        """Keys written since the last flush."""
-        return len(self._dirty)
+        """Keys written since the last flush (a flush in flight included)."""
+        return len(self._dirty) + (len(self._sealed) if self._sealed is not None else 0)
 
     def dirty_items(self) -> list[tuple[bytes, bytes | None]]:
         """The keys written since the last flush, as changelog entries (``None``: deleted)."""
         return [(k, None if v is _DELETED else v) for k, v in self._dirty.items()]  # type: ignore[misc]
 
     def discard(self) -> None:
-        """Forget every write since the last flush (a batch that failed half-way)."""
+        """Forget every write since the last flush, a flush in flight included (a batch that failed half-way)."""
         self._dirty = {}
         self._staged = None
+        self._sealed = None
+        self._sealed_staged = None
+
+    # -- a flush in flight --------------------------------------------------------
+    # Why: a worker's flush sends thousands of changelog records and waits for the
+    # broker; holding the event loop meanwhile is what its p99 latency was made of.
+    # seal() freezes the writes so far as one flush; the batches that follow write
+    # to a fresh set (reads see both, newest first) while the sealed set is sent
+    # and then written; unseal() gives it back to the next flush if sending failed.
+    @property
+    def sealed(self) -> bool:
+        """True while a sealed flush is in flight (between :meth:`seal` and :meth:`write_sealed`)."""
+        return self._sealed is not None
+
+    def seal(self) -> int:
+        """Freeze the writes so far as one flush; how many keys it holds. One flush in flight at a time."""
+        if self._sealed is not None:
+            raise RuntimeError("a sealed flush is already in flight")
+        self._sealed, self._dirty, self._sealed_staged, self._staged = self._dirty, {}, None, None
+        return len(self._sealed)
+
+    def sealed_items(self) -> list[tuple[bytes, bytes | None]]:
+        """The sealed writes as changelog entries (``None``: deleted)."""
+        assert self._sealed is not None, "nothing sealed"
+        return [(k, None if v is _DELETED else v) for k, v in self._sealed.items()]  # type: ignore[misc]
+
+    def stage_sealed(self, n: int) -> None:
+        """``n`` changelog records were sent for the sealed writes (see :meth:`staged`)."""
+        self._sealed_staged = n
+
+    def write_sealed(self) -> int:
+        """Write the sealed flush in one batch (after its changelog records were delivered); how many."""
+        assert self._sealed is not None, "nothing sealed"
+        n = self._write_batch(self._sealed, self._sealed_staged)
+        self._sealed, self._sealed_staged = None, None
+        return n
+
+    def unseal(self) -> None:
+        """Sending the sealed flush failed: its writes become pending again, under the newer ones."""
+        if self._sealed is not None:
+            self._dirty = {**self._sealed, **self._dirty}
+            self._sealed, self._sealed_staged = None, None
 
     def staged(self, n: int) -> None:
         """``n`` changelog records were sent for the dirty keys: the next flush moves the store's
@@ -105,19 +152,30 @@ class PartitionStore:
         Why separate: building the batch is Python work (~0.5 µs a key) that a
         worker does while its producers deliver, before it may write.
         """
-        if not self._dirty:
+        if self._sealed is not None:
+            raise RuntimeError("a sealed flush is in flight: write it first (write_sealed)")
+        return self._batch_of(self._dirty, self._staged)
+
+    def _batch_of(self, writes: dict[bytes, object], staged: int | None) -> WriteBatch | None:
+        if not writes:
             return None
         wb = WriteBatch(raw_mode=True)
-        for k, v in self._dirty.items():
+        for k, v in writes.items():
             if v is _DELETED:
                 wb.delete(k)
             else:
                 wb.put(k, v)
-        if self._staged is not None:
+        if staged is not None:
             at = self.changelog_offset
             if at is not None:
-                wb.put(CHANGELOG_OFFSET, str(at + self._staged).encode())
+                wb.put(CHANGELOG_OFFSET, str(at + staged).encode())
         return wb
+
+    def _write_batch(self, writes: dict[bytes, object], staged: int | None) -> int:
+        wb = self._batch_of(writes, staged)
+        if wb is not None:
+            self._db.write(wb)
+        return len(writes)
 
     def write(self, wb: WriteBatch | None) -> int:
         """Write ``wb`` (from :meth:`batch`, nothing put since) and clear the dirty keys; how many."""
@@ -141,7 +199,7 @@ class PartitionStore:
 
     def apply(self, entries: list[tuple[bytes, bytes | None]]) -> None:
         """Write changelog entries straight to disk (recovery; nothing may be pending)."""
-        assert not self._dirty, "recovery into a store with pending writes"
+        assert not self._dirty and self._sealed is None, "recovery into a store with pending writes"
         wb = WriteBatch(raw_mode=True)
         for k, v in entries:
             if v is None:
@@ -152,7 +210,7 @@ class PartitionStore:
 
     def values(self, keys: Iterable[bytes]) -> list[tuple[bytes, bytes | None]]:
         """``(key, value on disk or None)`` for raw ``keys`` (recovery; nothing may be pending)."""
-        assert not self._dirty, "reading past pending writes"
+        assert not self._dirty and self._sealed is None, "reading past pending writes"
         get = self._db.get
         return [(k, get(k)) for k in keys]
 
@@ -170,12 +228,13 @@ class PartitionStore:
             if not k.startswith(pre):
                 break
             found[k] = v
-        for k, v in self._dirty.items():
-            if k.startswith(pre):
-                if v is _DELETED:
-                    found.pop(k, None)
-                else:
-                    found[k] = v  # type: ignore[assignment]
+        for layer in (self._sealed or {}, self._dirty):          # oldest first
+            for k, v in layer.items():
+                if k.startswith(pre):
+                    if v is _DELETED:
+                        found.pop(k, None)
+                    else:
+                        found[k] = v  # type: ignore[assignment]
         return [(k.decode(), found[k]) for k in sorted(found)]
 
     def __len__(self) -> int:
@@ -190,6 +249,8 @@ class PartitionStore:
             return 0
 
     def close(self) -> None:
+        if self._sealed is not None:
+            self.write_sealed()
         self.flush()
         if not self.wal:
             self._db.flush(True)      # the memtable to disk: a clean close loses nothing without the WAL

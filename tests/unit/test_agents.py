@@ -42,6 +42,9 @@ class FlakyProducer:
     def flush(self, timeout: float = 0) -> int:
         return 0
 
+    def __len__(self) -> int:           # records waiting for delivery (confluent_kafka.Producer's len)
+        return 0
+
 
 def events(start: int, n: int) -> list[Record]:
     return [Record(start + i, b"nsw", orjson.dumps(

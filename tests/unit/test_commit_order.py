@@ -1,57 +1,145 @@
-"""The commit order, wired: faust commits no offset unless the scorer's flush succeeded first.
+"""The commit order, wired: faust commits a batch's offsets only after the flush that covers it.
 
-docs/reliability.md section 3: before offsets are committed, outputs and
-changelog records are delivered and the local state is written
-(``BatchScorer.flush``, called from ``CommitSensor.on_commit_initiated``).
-These tests drive faust's own ``Consumer.force_commit`` on the worker's app
-(no broker: the step that talks to Kafka, ``_commit_tps``, is recorded
-instead) and check both halves: a flush that raises (an output or changelog
-record not delivered) leaves faust with nothing committed, and a flush that
-succeeds comes before the commit. A faust upgrade that moved the sensor
-call after the commit would fail here.
+docs/reliability.md section 3: a batch's offsets reach faust's bookkeeping
+(``_faust_hooks`` with ``defer_acks``) only when the flush that covers it has
+delivered its outputs and changelog records and written the local state;
+faust then commits them. These tests drive faust's own ``force_commit`` on the
+worker's app with no broker (the committable offsets faust computes are
+recorded instead of sent) and check: nothing is committable before the flush,
+exactly the flushed batches after it, a failed flush acknowledges nothing and
+fails the next commit, and the batches that follow a sealed flush go on while
+it is sent and wait for the next flush. A faust upgrade that changed how acked
+offsets become commits fails here.
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from streams.agents import DeliveryError
+from streams.agents import BatchFailed
 from streams.app import create_app
 from streams.settings import Settings
 from streams.spec import load_spec
+from streams.state import PartitionStore
+from tests.unit.test_agents import FlakyProducer, events
 
 
-def _app(tmp_path: Path, flush_fails: bool) -> tuple[object, list[str]]:
+class Undelivered(FlakyProducer):
+    """Accepts every record and never delivers any (a broker that does not answer)."""
+
+    def __init__(self) -> None:
+        super().__init__(ok=10**9)
+
+    def flush(self, timeout: float = 0) -> int:
+        return len(self.sent)
+
+    def __len__(self) -> int:
+        return len(self.sent)
+
+
+class Slow(FlakyProducer):
+    """Accepts every record; delivers none while ``waiting``, then all of them."""
+
+    def __init__(self) -> None:
+        super().__init__(ok=10**9)
+        self.waiting = True
+
+    def __len__(self) -> int:
+        return 1 if self.waiting else 0
+
+
+def _app(tmp_path: Path, producer: Any, interval: float = 3600.0) -> tuple[Any, list[dict[Any, int]]]:
     s = Settings(state_dir=tmp_path, broker="127.0.0.1:1", metrics_port=0, snapshot_key="k" * 32,
-                 changelog=False)
+                 changelog=False, commit_interval_s=interval)
     app = create_app(s, load_spec("elec2"))
-    steps: list[str] = []
+    app.scorer._producer = producer
+    commits: list[dict[Any, int]] = []
 
-    def flush(*args: object, **kwargs: object) -> None:
-        steps.append("flush")
-        if flush_fails:
-            raise DeliveryError("3 output records not delivered within 305.0s")
-
-    async def commit_tps(tps: object, start_new_transaction: bool) -> bool:
-        steps.append("commit")
+    async def commit_tps(tps: Any, start_new_transaction: bool) -> bool:
+        commits.append({(tp.topic, tp.partition): o for tp, o in
+                        app.consumer._filter_committable_offsets(tps).items()})
         return True
 
-    app.scorer.flush = flush                     # type: ignore[attr-defined]
-    app.consumer._commit_tps = commit_tps        # type: ignore[attr-defined]
-    return app, steps
+    app.consumer._commit_tps = commit_tps
+    return app, commits
 
 
-def test_an_undelivered_flush_commits_nothing(tmp_path: Path) -> None:
-    app, steps = _app(tmp_path, flush_fails=True)
-    with pytest.raises(DeliveryError):
-        asyncio.run(app.consumer.force_commit())   # type: ignore[attr-defined]
-    assert steps == ["flush"]
+def test_offsets_are_committable_only_after_the_flush_that_covers_them(tmp_path: Path) -> None:
+    app, commits = _app(tmp_path, FlakyProducer(ok=10**9))
+    scorer, topic = app.scorer, app.scorer._topics["events"]
+    on_disk: list[bool] = []
+    ack = scorer.acker
+
+    def checking_ack(t: str, p: int, offsets: list[int]) -> None:   # the state is written by then
+        on_disk.append(scorer.processors[p].store._db.get(f"p:e{offsets[-1]}".encode()) is not None)
+        ack(t, p, offsets)
+
+    scorer.acker = checking_ack
+
+    async def main() -> None:
+        await scorer.handle(topic, 0, events(0, 10))
+        await app.consumer.force_commit()
+        scorer.flush()
+        await app.consumer.force_commit()
+
+    asyncio.run(main())
+    assert commits == [{}, {(topic, 0): 10}]
+    assert on_disk == [True]
 
 
-def test_a_delivered_flush_comes_before_the_commit(tmp_path: Path) -> None:
-    app, steps = _app(tmp_path, flush_fails=False)
-    asyncio.run(app.consumer.force_commit())       # type: ignore[attr-defined]
-    assert steps == ["flush", "commit"]
+def test_undelivered_outputs_acknowledge_nothing_and_stop_the_worker(tmp_path: Path) -> None:
+    """An output the broker never took is lost: nothing more is committed or written, and the
+    restarted worker answers those records again from the last committed state."""
+    producer = Undelivered()
+    app, commits = _app(tmp_path, producer, interval=0.01)
+    scorer, topic = app.scorer, app.scorer._topics["events"]
+
+    async def main() -> None:
+        await scorer.handle(topic, 0, events(0, 10))
+        await asyncio.sleep(0.02)
+        await scorer.handle(topic, 0, events(10, 5))           # starts the flush of both batches
+        while scorer._inflight is not None:                    # it waits, then flushes and gives up
+            await asyncio.sleep(0.005)
+        with pytest.raises(BatchFailed):
+            await app.consumer.force_commit()
+        with pytest.raises(BatchFailed):
+            scorer.flush()
+
+    asyncio.run(main())
+    assert commits == [] and len(producer.sent) == 15
+    scorer.close()
+    store = PartitionStore(scorer.state_path(0))
+    assert store.scan("p:") == []                              # no answer stored that was not published
+    store.close()
+
+
+def test_batches_go_on_while_a_flush_is_in_flight(tmp_path: Path) -> None:
+    producer = Slow()
+    app, commits = _app(tmp_path, producer)
+    scorer, topic = app.scorer, app.scorer._topics["events"]
+
+    async def main() -> None:
+        await scorer.handle(topic, 0, events(0, 10))
+        await scorer.handle(topic, 0, events(10, 10))
+        scorer._last_flush = float("-inf")                     # a flush is due
+        scorer.start_flush()
+        job, store = scorer._inflight, scorer.processors[0].store
+        assert job is not None and not store.sealed
+        await asyncio.sleep(0)                                 # its first step seals both batches
+        assert store.sealed and scorer._inflight is job        # and it waits on the broker
+        await scorer.handle(topic, 0, events(20, 10))          # answered meanwhile, into a fresh set
+        assert store.get("p:e5") is not None and store.get("p:e25") is not None
+        await app.consumer.force_commit()                      # nothing is covered yet
+        producer.waiting = False
+        while scorer._inflight is job:
+            await asyncio.sleep(0.001)
+        await app.consumer.force_commit()                      # the flush covers the first 20 records
+        scorer.flush()
+        await app.consumer.force_commit()
+
+    asyncio.run(main())
+    assert commits == [{}, {(topic, 0): 20}, {(topic, 0): 30}]

@@ -181,6 +181,11 @@ def test_ack_batch_partitions_are_independent(consumer: BatchConsumer) -> None:
     assert consumer._n_acked == 5
 
 
+def test_ack_offsets_by_topic_name(consumer: BatchConsumer) -> None:
+    consumer.ack_offsets("events", 0, [0, 1, 2])
+    assert consumer._acked[TP0] == [0, 1, 2] and consumer._new_offset(TP0) == 3
+
+
 def test_ack_batch_idempotent_within_one_call(consumer: BatchConsumer) -> None:
     consumer.ack_batch(TP0, [0, 1, 1, 2])
     assert consumer._n_acked == 3
@@ -222,3 +227,6 @@ def test_create_app_installs_batch_consumer(tmp_path: Path, monkeypatch: pytest.
     assert isinstance(c, BatchConsumer)
     assert c.batch_topics == frozenset({"u-events", "u-labels"})
     assert c.batch_handler == app.scorer.handle
+    # the scorer acknowledges a batch's offsets itself, once the flush that covers it is written
+    assert c.defer_acks is True and app.scorer.acker == c.ack_offsets
+    assert BatchConsumer.defer_acks is False
