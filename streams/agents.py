@@ -58,10 +58,10 @@ class _Flush:
     thousands of keys (a stored prediction per event, the windows of every
     entity touched) and used to hold the event loop for 20-50 ms while it
     sent them and waited for the broker: most of the worker's p99 latency.
-    Now :meth:`BatchScorer.handle` seals the stores and drives the flush a
-    chunk at a time on the event loop, between batches (whose writes go to a
-    fresh set, see ``PartitionStore.seal``), and a commit acknowledges only
-    the offsets of flushes that finished. :meth:`finish` runs the rest at once
+    Now :meth:`BatchScorer.start_flush` (after a batch, at a commit) starts
+    one that runs a chunk at a time on the event loop, between batches (whose
+    writes go to a fresh set, see ``PartitionStore.seal``), and faust commits
+    only the offsets of flushes that finished. :meth:`finish` runs the rest at once
     (a close, a revoke, a synchronous :meth:`BatchScorer.flush`). Steps: seal
     each partition's store (what its processor holds in memory first, its
     model snapshots included) and take the offsets its batches so far cover;
@@ -70,8 +70,10 @@ class _Flush:
     write each store's sealed batch; acknowledge the offsets. A flush yields
     between steps for at most ``commit_interval_s``, then runs the rest at
     once (blocking producer flushes): under a backlog every yield lets a whole
-    batch in, and the pending writes and the commit lag must stay bounded. On an error the writes are unsealed (the
-    next flush sends them again) and the offsets stay unacknowledged.
+    batch in, and the pending writes and the commit lag must stay bounded.
+    Errors: an output lost fails the scorer (see :meth:`_delivered`); a
+    changelog record not delivered unseals the writes (the next flush sends
+    them again) and leaves the offsets unacknowledged.
     """
 
     CHUNK = 512
