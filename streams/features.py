@@ -654,6 +654,30 @@ def _load_part(raw: list[str] | str) -> set[str] | Any:
     return hll_sketch.deserialize(base64.b64decode(raw))
 
 
+def _decay_factor(dt: int, half_life: int) -> float:
+    """``2**(-dt / half_life)``: the decay of a weight ``dt`` ms old, as ext.SessionTable computes it."""
+    return math.exp2(-(float(dt) / float(half_life)))
+
+
+def _add_token(holder: dict[Any, Any] | list[Any], slot: Any, tok: str, exact_max: int) -> None:
+    """Add ``tok`` to the distinct part ``holder[slot]``: a set up to ``exact_max`` values, then a sketch."""
+    part = holder[slot]
+    if isinstance(part, set):
+        part.add(tok)
+        if len(part) > exact_max:
+            holder[slot] = _sketch_of(part)
+    else:
+        part.update(tok)
+
+
+def _load_missing(ents: dict[str, Any], keys: Sequence[str], load: Callable[[str], bytes | None],
+                  decode: Callable[[bytes], Any]) -> None:
+    """Read from the store, once each, the state of ``keys`` not held in ``ents``."""
+    for k in dict.fromkeys(keys):
+        if k not in ents and (b := load(k)) is not None:
+            ents[k] = decode(b)
+
+
 class _Distinct:
     """Distinct counts of one hopping or session definition (pure Python, shared by both backends).
 
@@ -674,22 +698,13 @@ class _Distinct:
         self.late = 0
 
     def _add(self, holder: dict[Any, Any] | list[Any], slot: Any, tok: str) -> None:
-        part = holder[slot]
-        if isinstance(part, set):
-            part.add(tok)
-            if len(part) > self.exact_max:
-                holder[slot] = _sketch_of(part)
-        else:
-            part.update(tok)
+        _add_token(holder, slot, tok, self.exact_max)
 
     def update_many(self, entities: Sequence[str], ts: Sequence[int], raw: Sequence[object],
                     load: Callable[[str], bytes | None]) -> np.ndarray:
         """The distinct count of each event's window (its hop window or session), in order."""
         keys = [self.prefix + e for e in entities]
-        ents = self.entities
-        for k in dict.fromkeys(keys):
-            if k not in ents and (b := load(k)) is not None:
-                ents[k] = self._load(b)
+        _load_missing(self.entities, keys, load, self._load)
         row = self._row
         return np.fromiter((row(k, t, v) for k, t, v in zip(keys, ts, raw)), dtype=np.float64, count=len(keys))
 
@@ -872,7 +887,7 @@ class _SlidingDecay:
         self.dirty: dict[str, None] = {}
 
     def _decay(self, dt: int) -> float:
-        return math.exp2(-(float(dt) / float(self.half_life)))
+        return _decay_factor(dt, self.half_life)
 
     def _suffixes(self, its: list[int], ivs: list[float], a: int, b: int) -> tuple[list[tuple[int, float, float]], int]:
         """Suffix sums of items ``[a, b)`` at the last one's ts, oldest first."""
@@ -978,10 +993,7 @@ class _SlidingDecay:
                     has: Sequence[bool], load: Callable[[str], bytes | None]) -> np.ndarray:
         """``[decay_sum, decay_mean]`` of each event's window, in order."""
         keys = [self.prefix + e for e in entities]
-        ents = self.entities
-        for k in dict.fromkeys(keys):
-            if k not in ents and (b := load(k)) is not None:
-                ents[k] = self._build(*orjson.loads(b))
+        _load_missing(self.entities, keys, load, lambda b: self._build(*orjson.loads(b)))
         row = self._row
         return np.array([row(k, t, v, h) for k, t, v, h in zip(keys, ts, values, has)],
                         dtype=np.float64).reshape(len(keys), 2)
@@ -1108,7 +1120,7 @@ class _GraceSessions:
 
     # -- one session ------------------------------------------------------------
     def _decay(self, dt: int) -> float:
-        return math.exp2(-(float(dt) / float(self.half_life)))
+        return _decay_factor(dt, self.half_life)
 
     def _fresh(self, t: int, v: float, tok: str | None) -> list[Any]:
         decays = self.half_life > 0
@@ -1132,7 +1144,7 @@ class _GraceSessions:
                 s[0] = t
         s[2] = self._merge_m(s[2], self._single(v))
         if tok is not None:
-            s[5] = self._union([s[5], {tok}])
+            _add_token(s, 5, tok, self.exact_max)
 
     def _join(self, a: list[Any], b: list[Any]) -> list[Any]:
         """Sessions ``a`` (older) and ``b`` bridged into one."""
@@ -1229,10 +1241,7 @@ class _GraceSessions:
         """Rows in ``_SESSION_COLUMNS`` layout per event, in order."""
         n = len(entities)
         keys = [self.prefix + e for e in entities]
-        ents = self.entities
-        for k in dict.fromkeys(keys):
-            if k not in ents and (b := load(k)) is not None:
-                ents[k] = self._load(b)
+        _load_missing(self.entities, keys, load, self._load)
         reads, distinct, row = self.reads_values, self.distinct, self._row
         out = np.array([row(k, t, float(v) if reads and v is not None else 0.0,  # type: ignore[arg-type]
                             _token(v) if distinct and v is not None else None, v is not None)
