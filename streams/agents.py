@@ -534,7 +534,7 @@ class BatchScorer:
             while (r := job.step()) is not None:
                 await asyncio.sleep(0.001 if r == _WAIT else 0)
         except Exception as exc:
-            log.warning("flush failed, its writes will be sent again: %s", exc)
+            log.warning("flush failed, nothing it covers is acknowledged: %s", exc)
             self._flush_error = exc
         if self._inflight is job:
             self._inflight = None

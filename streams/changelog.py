@@ -206,8 +206,7 @@ class Changelog:
             left = self._producer.flush(timeout)
             if left:
                 self._errors.append(f"{left} changelog records not delivered within {timeout}s")
-        errors, self._errors = self._errors, []
-        return errors
+        return self.take_errors()
 
     def close(self) -> None:
         if self._producer is not None:

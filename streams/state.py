@@ -30,6 +30,11 @@ _DELETED = object()
 CHANGELOG_OFFSET = b"\x00changelog-offset"
 
 
+def _entries(writes: dict[bytes, object]) -> list[tuple[bytes, bytes | None]]:
+    """Pending writes as changelog entries (``None``: deleted)."""
+    return [(k, None if v is _DELETED else v) for k, v in writes.items()]  # type: ignore[misc]
+
+
 class PartitionStore:
     """A RocksDB database for one partition, with writes coalesced until :meth:`flush`.
 
@@ -88,7 +93,7 @@ class PartitionStore:
 
     def dirty_items(self) -> list[tuple[bytes, bytes | None]]:
         """The keys written since the last flush, as changelog entries (``None``: deleted)."""
-        return [(k, None if v is _DELETED else v) for k, v in self._dirty.items()]  # type: ignore[misc]
+        return _entries(self._dirty)
 
     def discard(self) -> None:
         """Forget every write since the last flush, a flush in flight included (a batch that failed half-way)."""
@@ -118,7 +123,7 @@ class PartitionStore:
     def sealed_items(self) -> list[tuple[bytes, bytes | None]]:
         """The sealed writes as changelog entries (``None``: deleted)."""
         assert self._sealed is not None, "nothing sealed"
-        return [(k, None if v is _DELETED else v) for k, v in self._sealed.items()]  # type: ignore[misc]
+        return _entries(self._sealed)
 
     def stage_sealed(self, n: int) -> None:
         """``n`` changelog records were sent for the sealed writes (see :meth:`staged`)."""
