@@ -20,9 +20,11 @@ renames any of them, and pyproject.toml pins the faust version range.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
+from aiokafka.consumer.group_coordinator import GroupCoordinator, OffsetCommitRequest
 from faust.transport.consumer import ack_lock
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -39,6 +41,14 @@ PRIVATE_SURFACE: tuple[tuple[str, str], ...] = (
     ("Consumer", "_add_gap"),
     ("Consumer", "_to_message"),
     ("App", "_new_transport"),
+)
+
+#: (owner, attribute) pairs of aiokafka's and faust's consumer-thread surface that :class:`GroupLease` uses.
+LEASE_SURFACE: tuple[tuple[str, str], ...] = (
+    ("AIOKafkaConsumerThread", "_ensure_consumer"),
+    ("GroupCoordinator", "_do_heartbeat"),
+    ("GroupCoordinator", "reset_generation"),
+    ("OffsetCommitRequest", "DEFAULT_GENERATION_ID"),
 )
 
 #: ``await handler(topic, partition, records, highwater)``; records are aiokafka
@@ -299,3 +309,79 @@ def install(app: Any, topics: frozenset[str], handler: BatchHandler,
         consumer.rk_config = dict(rk_config)
         consumer.poll_max = poll_max
     return consumer.ack_offsets
+
+
+class GroupLease:
+    """Whether this worker may still write state for its partitions: its group membership, as it knows it.
+
+    Why: a worker that stops running for longer than the session timeout (a
+    long GC or swap storm, a paused VM, SIGSTOP) is expelled from the group
+    and its partitions go to another worker, which recovers their state from
+    the changelog and carries on. When the paused worker runs again it does
+    not know yet; its first heartbeat tells it, and faust then calls the
+    partitions-revoked callback, as in an ordinary rebalance. Flushing there,
+    as an ordinary revocation should, wrote the zombie's stale state into the
+    changelog after the new owner's (tests/faults/test_zombie.py). Kafka's
+    Java client calls this case ``onPartitionsLost``; aiokafka has no such
+    callback, so this class tells the two apart:
+
+    - *expelled*: a heartbeat was answered "unknown member" or "illegal
+      generation" (aiokafka then resets the generation);
+    - *expired*: no heartbeat that succeeded was *sent* within the last
+      ``session_timeout_s`` (the broker counts the session from when it
+      received one, which is later), so the broker may have expelled us.
+
+    :meth:`valid` is False in either case, until the next assignment
+    (:meth:`joined`). A graceful LeaveGroup (shutdown) is neither.
+
+    >>> lease = GroupLease(app=None, session_timeout_s=10.0)
+    >>> lease.joined(); lease.valid()
+    True
+    """
+
+    def __init__(self, app: Any, session_timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.app = app
+        self.session_timeout_s = session_timeout_s
+        self.clock = clock
+        self.renewed = clock()       # when the last heartbeat that succeeded (or the join) was sent
+        self.expelled = False
+        self._coordinator: Any = None
+
+    def joined(self) -> None:
+        """A new assignment: the join counts as a heartbeat; watch this generation's heartbeats."""
+        self.renewed = self.clock()
+        self.expelled = False
+        self._watch()
+
+    def valid(self) -> bool:
+        return not self.expelled and self.clock() - self.renewed < self.session_timeout_s
+
+    def why_not(self) -> str:
+        """Why :meth:`valid` is False, in words for a log line."""
+        if self.expelled:
+            return "the group coordinator no longer knows this member"
+        return f"no heartbeat succeeded for {self.clock() - self.renewed:.1f}s (session timeout {self.session_timeout_s}s)"
+
+    def _watch(self) -> None:
+        """Wrap the coordinator's heartbeat (once) to record successes and expulsions."""
+        if self.app is None:
+            return
+        coordinator = self.app.consumer._thread._ensure_consumer()._coordinator
+        if coordinator is self._coordinator:
+            return
+        if not isinstance(coordinator, GroupCoordinator):
+            raise TypeError(f"unexpected group coordinator {type(coordinator).__name__}")
+        heartbeat = coordinator._do_heartbeat
+        unknown = OffsetCommitRequest.DEFAULT_GENERATION_ID
+
+        async def _do_heartbeat() -> Any:     # runs on the consumer thread's loop
+            sent = self.clock()
+            ok = await heartbeat()
+            if ok:
+                self.renewed = max(self.renewed, sent)
+            elif coordinator.generation == unknown:   # UnknownMemberId / IllegalGeneration: reset
+                self.expelled = True
+            return ok
+
+        coordinator._do_heartbeat = _do_heartbeat
+        self._coordinator = coordinator

@@ -47,6 +47,10 @@ class DeliveryError(RuntimeError):
     """An output record could not be delivered; offsets must not be committed."""
 
 
+class NotAMember(RuntimeError):
+    """This worker may have been expelled from its group: it must not write state for its partitions."""
+
+
 #: what a flush step yields: more work now, or waiting on the broker (poll again shortly)
 _MORE, _WAIT = 0, 1
 
@@ -81,7 +85,8 @@ class _Flush:
     def __init__(self, scorer: BatchScorer, procs: list[PartitionProcessor], timeout: float) -> None:
         self.scorer, self.procs, self.timeout = scorer, procs, timeout
         self.acks: list[tuple[str, int, list[int]]] = []    # (topic, partition, offsets) the flush covers
-        self.blocking = False          # finish(): wait with blocking flushes, no yielding
+        self.blocking = False          # finish(), or past the deadline: wait with blocking flushes, no yielding
+        self.finishing = False         # finish(): run to the end now (nobody drives the steps any more)
         self.cancelled = False         # the scorer failed: stop, touch nothing
         self.keys = 0
         self.started = time.perf_counter()
@@ -96,7 +101,7 @@ class _Flush:
 
     def finish(self) -> None:
         """Run every step left, blocking on the broker where needed."""
-        self.blocking = True
+        self.blocking = self.finishing = True
         for _ in self._steps:
             pass
 
@@ -120,15 +125,22 @@ class _Flush:
                               for topic, offsets in sc._unacked.pop(proc.partition, ())]
             cl = sc.changelog
             if cl is not None:
+                origin = sc.origin()
                 for proc in self.procs:
                     items = proc.store.sealed_items()
                     for lo in range(0, len(items), self.CHUNK):
+                        yield from self._member()
+                        if self.cancelled:
+                            return
                         cl.produce_entries(proc.partition, items[lo:lo + self.CHUNK])
                         if self._pause():
                             yield _MORE
                             if self.cancelled:
                                 return
-                    proc.store.stage_sealed(len(items) + cl.mark(proc.partition, len(items)))
+                    yield from self._member()
+                    if self.cancelled:
+                        return
+                    proc.store.stage_sealed(len(items) + cl.mark(proc.partition, len(items), origin))
             yield from self._delivered()
             if self.cancelled:
                 return
@@ -152,6 +164,19 @@ class _Flush:
         sc.metrics.flush_seconds.observe(time.perf_counter() - self.started)
         sc.metrics.flush_keys.observe(self.keys)
         sc.save_checkpoints()
+
+    def _member(self) -> Any:
+        """Wait (yielding) while this worker may have been expelled from its group: its partitions
+        may belong to another worker now, whose changelog records this one must not follow with
+        older ones. Either a heartbeat succeeds again, or the partitions are revoked as lost and
+        this flush is cancelled (:meth:`BatchScorer.lose`). A flush being finished cannot wait: it raises."""
+        lease = self.scorer.lease
+        while lease is not None and not lease():
+            if self.finishing:
+                raise NotAMember("not writing state: this worker may no longer own its partitions")
+            yield _WAIT
+            if self.cancelled:
+                return
 
     def _delivered(self) -> Any:
         """Wait until every output sent so far and the changelog records are delivered; raise if not.
@@ -238,6 +263,12 @@ class BatchScorer:
         #: ``acker(topic, partition, offsets)``: acknowledge input offsets into faust's bookkeeping, which
         #: commits them (set by streams.app); None: nobody commits (tests, in-process runs)
         self.acker: Any = None
+        #: ``lease()``: False while this worker may no longer be a member of its group (see
+        #: streams._faust_hooks.GroupLease); a flush then waits before it writes, and partitions taken
+        #: away meanwhile are lost (:meth:`lose`), not flushed. None: always a member (in-process runs)
+        self.lease: Any = None
+        #: ``generation()``: the group generation of this worker's assignment, on each flush's commit marker
+        self.generation: Any = None
         self._unacked: dict[int, list[tuple[str, list[int]]]] = {}   # partition -> batches not yet flushed
         self._inflight: _Flush | None = None                        # the flush being sent, if any
         self._flush_task: asyncio.Task[None] | None = None          # its driver (a reference keeps it alive)
@@ -640,6 +671,44 @@ class BatchScorer:
             job.finish()
         self._begin(partitions, timeout).finish()
 
+    def origin(self) -> tuple[str, int | None]:
+        """(this worker, its group generation): written on each flush's changelog commit marker."""
+        return self.worker_id, (self.generation() if self.generation is not None else None)
+
+    def lose(self, partitions: Iterable[int] | None = None) -> None:
+        """Close the processors of ``partitions`` (all by default) *without* flushing: they were lost.
+
+        Lost, not revoked: this worker was expelled from its group while it was
+        not running (see streams._faust_hooks.GroupLease), so another worker
+        already owns them and has recovered their state from the changelog.
+        What this one holds unflushed is dropped, and the changelog records it
+        has queued but not sent are purged when it loses every partition: the
+        new owner re-reads the input from the committed offsets and computes
+        the same state (docs/reliability.md section 7). Outputs already
+        published stay published; they are byte-identical to the new owner's.
+        """
+        parts = set(self.processors if partitions is None else partitions)
+        job = self._inflight
+        if job is not None and any(proc.partition in parts for proc in job.procs):
+            job.cancelled = True
+            self._inflight = None
+            for proc in job.procs:                 # partitions kept: their sealed writes are pending again
+                if proc.partition not in parts:
+                    proc.store.unseal()
+            for topic, partition, offsets in reversed(job.acks):
+                if partition not in parts:
+                    self._unacked.setdefault(partition, []).insert(0, (topic, offsets))
+        for p in parts:
+            self._unacked.pop(p, None)
+            proc = self.processors.pop(p, None)
+            if proc is not None:
+                proc.store.discard()
+                proc.close()
+        if not self.processors and self.changelog is not None:
+            purged = self.changelog.purge()
+            if purged:
+                log.warning("dropped %d changelog records queued for partitions now lost", purged)
+
     def close(self, partitions: Iterable[int] | None = None) -> None:
         """Flush and close the processors of ``partitions`` (all by default)."""
         parts = list(self.processors if partitions is None else partitions)
@@ -647,8 +716,15 @@ class BatchScorer:
             self.publish_metrics()
         except (KafkaException, BufferError):  # pragma: no cover - shutting down anyway
             pass
-        if self._failed is None:
-            self.flush(parts)
+        try:
+            if self._failed is None:
+                self.flush(parts)         # raises NotAMember before it writes, if the lease is out
+        except NotAMember as exc:
+            log.warning("partitions lost %s: %s; their unflushed state is dropped, not written", sorted(parts), exc)
+            self.lose(parts)
+            if partitions is None and self.changelog is not None:
+                self.changelog.close()
+            return
         if self._torch_models:
             self.save_checkpoints(force=True)
         for p in parts:

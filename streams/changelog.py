@@ -152,7 +152,7 @@ class Changelog:
         return self._producer
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
+        if err is not None and err.code() != KafkaError._PURGE_QUEUE:
             self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
 
     def send(self, partition: int, entries: Iterator[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes | None]]) -> int:
@@ -174,12 +174,30 @@ class Changelog:
             n += 1
         return n
 
-    def mark(self, partition: int, n: int) -> int:
-        """The commit marker of a flush of ``n`` records to ``partition``; 1 (0 when ``n`` is 0: no marker)."""
+    def mark(self, partition: int, n: int, origin: tuple[str, int | None] | None = None) -> int:
+        """The commit marker of a flush of ``n`` records to ``partition``; 1 (0 when ``n`` is 0: no marker).
+
+        ``origin``: (writer, group generation), written as the marker's headers
+        ``writer`` and ``generation``: who wrote the flush, under which
+        assignment (for operators and the zombie test; recovery does not read them).
+        """
         if not n:
             return 0
-        self._produce(self.topic, str(n).encode(), COMMIT_MARKER, partition)
+        headers = None
+        if origin is not None:
+            writer, generation = origin
+            headers = [("writer", writer.encode()), ("generation", str(generation).encode())]
+        self._produce(self.topic, str(n).encode(), COMMIT_MARKER, partition, headers)
         return 1
+
+    def purge(self) -> int:
+        """Drop the records queued and not yet sent (a worker that lost its partitions); how many were queued."""
+        if self._producer is None:
+            return 0
+        n = len(self._producer)
+        self._producer.purge(in_queue=True, in_flight=False)
+        self._producer.poll(0)              # their delivery reports: purged, not failed (_on_delivery)
+        return n
 
     def in_flight(self) -> int:
         """Records sent and not yet acknowledged (or failed); serves delivery reports first."""
@@ -193,12 +211,14 @@ class Changelog:
         errors, self._errors = self._errors, []
         return errors
 
-    def _produce(self, topic: str, value: bytes | None, key: bytes, partition: int) -> None:
+    def _produce(self, topic: str, value: bytes | None, key: bytes, partition: int,
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        kw = {} if headers is None else {"headers": headers}
         try:
-            self.producer.produce(topic, value, key, partition)
+            self.producer.produce(topic, value, key, partition, **kw)
         except BufferError:                 # the local queue is full: let deliveries drain it, then again
             self.producer.poll(0.5)
-            self.producer.produce(topic, value, key, partition)
+            self.producer.produce(topic, value, key, partition, **kw)
 
     def flush(self, timeout: float) -> list[str]:
         """Wait for every sent record; the errors since the last call (empty: all delivered)."""

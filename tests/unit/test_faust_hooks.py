@@ -17,13 +17,14 @@ from typing import Any
 
 import faust
 import pytest
+from aiokafka.consumer.group_coordinator import GroupCoordinator, OffsetCommitRequest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from packaging.requirements import Requirement
 from packaging.version import Version
 
 from streams import _faust_hooks
-from streams._faust_hooks import PRIVATE_SURFACE, BatchConsumer, BatchTransport
+from streams._faust_hooks import LEASE_SURFACE, PRIVATE_SURFACE, BatchConsumer, BatchTransport, GroupLease
 
 FAUST_VERSION = version("faust-streaming")
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
@@ -89,6 +90,34 @@ def test_private_surface_exists(owner: str, attr: str, plain_consumer: Any) -> N
         f"streams/_faust_hooks.py depends on it -- re-check the hook against this faust version "
         f"or tighten the faust-streaming pin in pyproject.toml")
 
+
+
+LEASE_OWNERS: dict[str, type] = {"AIOKafkaConsumerThread": faust_aiokafka.AIOKafkaConsumerThread,
+                                 "GroupCoordinator": GroupCoordinator, "OffsetCommitRequest": OffsetCommitRequest}
+
+
+@pytest.mark.parametrize(("owner", "attr"), LEASE_SURFACE, ids=[f"{o}.{a}" for o, a in LEASE_SURFACE])
+def test_lease_surface_exists(owner: str, attr: str) -> None:
+    """GroupLease wraps the coordinator's heartbeat and reads its generation (see its docstring)."""
+    assert hasattr(LEASE_OWNERS[owner], attr), (
+        f"{owner} has no {attr!r} any more; streams/_faust_hooks.GroupLease depends on it")
+    params = list(inspect.signature(GroupCoordinator._do_heartbeat).parameters)
+    assert params == ["self"], f"GroupCoordinator._do_heartbeat{tuple(params)} changed"
+    assert inspect.iscoroutinefunction(GroupCoordinator._do_heartbeat)
+
+
+def test_group_lease_expires_a_session_after_the_last_heartbeat() -> None:
+    now = [100.0]
+    lease = GroupLease(app=None, session_timeout_s=6.0, clock=lambda: now[0])
+    lease.joined()
+    now[0] = 105.9
+    assert lease.valid()
+    now[0] = 106.1                 # the broker may have expelled us: write nothing
+    assert not lease.valid() and "no heartbeat succeeded for 6.1s" in lease.why_not()
+    lease.joined()                 # a new assignment renews it
+    assert lease.valid()
+    lease.expelled = True          # a heartbeat answered "unknown member"
+    assert not lease.valid() and "no longer knows this member" in lease.why_not()
 
 def test_drain_messages_is_faust_code_not_ours() -> None:
     # our override must replace a real faust method, not be the only definition
