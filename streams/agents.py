@@ -704,6 +704,7 @@ class BatchScorer:
             if proc is not None:
                 proc.store.discard()
                 proc.close()
+                self.metrics.partitions_lost.inc()
         if not self.processors and self.changelog is not None:
             purged = self.changelog.purge()
             if purged:

@@ -214,6 +214,11 @@ class Metrics:
                                      buckets=LATENCY_BUCKETS_S, registry=r)
         self.assigned = Gauge("streamscore_worker_assigned_partitions",
                               "Partitions of the events topic assigned to this worker.", registry=r)
+        self.partitions_lost = Counter(
+            "streamscore_worker_partitions_lost",
+            "Partitions taken away while this worker may not have been a member of its group (it was "
+            "expelled, e.g. paused past the session timeout): their unflushed state was dropped, not written.",
+            registry=r)
         self.model_metric = Gauge("streamscore_model_prequential",
                                   "Prequential metric of a model on one partition.",
                                   ["model", "metric", "partition"], registry=r)

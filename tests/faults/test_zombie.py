@@ -30,6 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from streams.changelog import COMMIT_MARKER
 from streams.datasets import convert
 from streams.demo import OutputReader, start_worker, stop_worker, wait_ready
+from streams.metrics import scrape, total
 from streams.replay import replay
 from streams.spec import load_spec
 from tests.faults.harness import (
@@ -133,6 +134,9 @@ def test_a_paused_worker_that_lost_its_partitions_writes_no_state(broker, tmp_pa
                  "A back in the group", procs, log, poll=lambda: reader.poll(0.3))
         wait_for(caught_up(s, {"events": topic_ends(s, "events")}), "the group's commits at the end",
                  procs, log, poll=lambda: reader.poll(0.3))
+        lost = total(scrape(f"http://{a.metrics_host}:{a.metrics_port}/metrics"),
+                     "streamscore_worker_partitions_lost_total")
+        assert lost == PARTITIONS, f"A counted {lost} partitions lost"
     finally:
         codes = [stop_worker(p) for p in procs]
         reader.close()
