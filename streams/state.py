@@ -148,18 +148,15 @@ class PartitionStore:
         self._staged = n
 
     def flush(self) -> int:
-        """Write every dirty key in one batch; returns how many were written."""
-        return self.write(self.batch())
-
-    def batch(self) -> WriteBatch | None:
-        """The RocksDB batch :meth:`write` would write now (None: nothing dirty); changes nothing.
-
-        Why separate: building the batch is Python work (~0.5 µs a key) that a
-        worker does while its producers deliver, before it may write.
-        """
+        """Write every dirty key in one batch now (the changelog records :meth:`staged` counted
+        included); how many. The worker's way, in steps beside its batches, is :meth:`seal` ...
+        :meth:`write_sealed`; this is the same path taken at once (tests, in-process runs, closing)."""
         if self._sealed is not None:
             raise RuntimeError("a sealed flush is in flight: write it first (write_sealed)")
-        return self._batch_of(self._dirty, self._staged)
+        staged = self._staged
+        self.seal()
+        self._sealed_staged = staged
+        return self.write_sealed()
 
     def _batch_of(self, writes: dict[bytes, object], staged: int | None) -> WriteBatch | None:
         if not writes:
@@ -181,16 +178,6 @@ class PartitionStore:
         if wb is not None:
             self._db.write(wb)
         return len(writes)
-
-    def write(self, wb: WriteBatch | None) -> int:
-        """Write ``wb`` (from :meth:`batch`, nothing put since) and clear the dirty keys; how many."""
-        if wb is None:
-            return 0
-        self._db.write(wb)
-        self._staged = None
-        n = len(self._dirty)
-        self._dirty = {}
-        return n
 
     # -- changelog recovery -----------------------------------------------------
     @property

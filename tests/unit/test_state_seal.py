@@ -33,7 +33,7 @@ def test_reads_see_the_newest_layer_and_writes_go_to_disk_in_order(tmp_path: Pat
     with pytest.raises(RuntimeError, match="in flight"):
         s.seal()
     with pytest.raises(RuntimeError, match="in flight"):
-        s.batch()
+        s.flush()
     assert s.write_sealed() == 3 and not s.sealed
     assert s._db.get(b"a") == b"sealed" and s._db.get(b"gone") is None     # the sealed flush, on disk
     assert s.get("a") is None and s.get("b") == b"new"                      # the newer writes still win
