@@ -356,6 +356,8 @@ class GroupLease:
     def valid(self) -> bool:
         return not self.expelled and self.clock() - self.renewed < self.session_timeout_s
 
+    __call__ = valid      # the scorer's ``lease()``
+
     def why_not(self) -> str:
         """Why :meth:`valid` is False, in words for a log line."""
         if self.expelled:

@@ -152,10 +152,7 @@ class _Flush:
                 proc.store.write_sealed()
         except BaseException:
             if not self.cancelled:
-                for proc in self.procs:
-                    proc.store.unseal()
-                for topic, partition, offsets in reversed(self.acks):
-                    sc._unacked.setdefault(partition, []).insert(0, (topic, offsets))
+                self._give_back()
             raise
         if sc.acker is not None:
             for topic, partition, offsets in self.acks:
@@ -165,15 +162,21 @@ class _Flush:
         sc.metrics.flush_keys.observe(self.keys)
         sc.save_checkpoints()
 
+    def _give_back(self) -> None:
+        """This flush's sealed writes and the offsets they cover become pending again (the next flush's)."""
+        for proc in self.procs:
+            proc.store.unseal()
+        for topic, partition, offsets in reversed(self.acks):
+            self.scorer._unacked.setdefault(partition, []).insert(0, (topic, offsets))
+
     def _member(self) -> Any:
         """Wait (yielding) while this worker may have been expelled from its group: its partitions
         may belong to another worker now, whose changelog records this one must not follow with
         older ones. Either a heartbeat succeeds again, or the partitions are revoked as lost and
         this flush is cancelled (:meth:`BatchScorer.lose`). A flush being finished cannot wait: it raises."""
-        lease = self.scorer.lease
-        while lease is not None and not lease():
+        while (why := self.scorer._lease_lost()) is not None:
             if self.finishing:
-                raise NotAMember("not writing state: this worker may no longer own its partitions")
+                raise NotAMember(why)
             yield _WAIT
             if self.cancelled:
                 return
@@ -264,8 +267,9 @@ class BatchScorer:
         #: commits them (set by streams.app); None: nobody commits (tests, in-process runs)
         self.acker: Any = None
         #: ``lease()``: False while this worker may no longer be a member of its group (see
-        #: streams._faust_hooks.GroupLease); a flush then waits before it writes, and partitions taken
-        #: away meanwhile are lost (:meth:`lose`), not flushed. None: always a member (in-process runs)
+        #: streams._faust_hooks.GroupLease; its ``why_not()``, if it has one, says why); a flush then
+        #: waits before it writes, and a close meanwhile loses the partitions (:meth:`lose`) instead of
+        #: flushing them. None: always a member (in-process runs)
         self.lease: Any = None
         #: ``generation()``: the group generation of this worker's assignment, on each flush's commit marker
         self.generation: Any = None
@@ -671,6 +675,14 @@ class BatchScorer:
             job.finish()
         self._begin(partitions, timeout).finish()
 
+    def _lease_lost(self) -> str | None:
+        """Why this worker may no longer own its partitions; None while it does (or has no lease)."""
+        lease = self.lease
+        if lease is None or lease():
+            return None
+        why = getattr(lease, "why_not", None)
+        return why() if why is not None else "this worker may no longer own its partitions"
+
     def origin(self) -> tuple[str, int | None]:
         """(this worker, its group generation): written on each flush's changelog commit marker."""
         return self.worker_id, (self.generation() if self.generation is not None else None)
@@ -692,12 +704,7 @@ class BatchScorer:
         if job is not None and any(proc.partition in parts for proc in job.procs):
             job.cancelled = True
             self._inflight = None
-            for proc in job.procs:                 # partitions kept: their sealed writes are pending again
-                if proc.partition not in parts:
-                    proc.store.unseal()
-            for topic, partition, offsets in reversed(job.acks):
-                if partition not in parts:
-                    self._unacked.setdefault(partition, []).insert(0, (topic, offsets))
+            job._give_back()                       # the lost partitions' share is dropped below
         for p in parts:
             self._unacked.pop(p, None)
             proc = self.processors.pop(p, None)
@@ -718,8 +725,10 @@ class BatchScorer:
         except (KafkaException, BufferError):  # pragma: no cover - shutting down anyway
             pass
         try:
+            if (why := self._lease_lost()) is not None:
+                raise NotAMember(why)     # expelled while not running: another worker owns them already
             if self._failed is None:
-                self.flush(parts)         # raises NotAMember before it writes, if the lease is out
+                self.flush(parts)         # raises NotAMember too, should the lease lapse meanwhile
         except NotAMember as exc:
             log.warning("partitions lost %s: %s; their unflushed state is dropped, not written", sorted(parts), exc)
             self.lose(parts)

@@ -13,7 +13,6 @@ reach :class:`~streams.agents.BatchScorer` as whole partition-batches.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import faust
@@ -23,8 +22,6 @@ from streams import _faust_hooks
 from streams.agents import BatchScorer
 from streams.settings import Settings
 from streams.spec import PipelineSpec, load_spec
-
-log = logging.getLogger(__name__)
 
 
 class StreamscoreApp(faust.App):
@@ -114,19 +111,14 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
     events_topic = settings.topic("events")
 
     lease = _faust_hooks.GroupLease(app, settings.session_timeout_s)
-    scorer.lease = lease.valid
+    scorer.lease = lease                  # expelled while not running: close() loses, not flushes
     scorer.generation = lambda: app.consumer_generation_id
 
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
         parts = {tp.partition for tp in revoked if tp.topic in scorer.batch_topics}
         await scorer.opened(parts)        # a recovery in progress finishes before its store is closed
-        if lease.valid():
-            scorer.close(parts)           # an ordinary rebalance: flush, then give them up
-        else:                             # expelled while not running: another worker owns them already
-            log.warning("partitions lost %s: %s; their unflushed state is dropped, not written",
-                        sorted(parts), lease.why_not())
-            scorer.lose(parts)
+        scorer.close(parts)
         scorer.metrics.assigned.set(0)
 
     @app.on_partitions_assigned.connect

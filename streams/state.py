@@ -158,9 +158,10 @@ class PartitionStore:
         self._sealed_staged = staged
         return self.write_sealed()
 
-    def _batch_of(self, writes: dict[bytes, object], staged: int | None) -> WriteBatch | None:
+    def _write_batch(self, writes: dict[bytes, object], staged: int | None) -> int:
+        """``writes`` (and the changelog position ``staged`` moves on) in one RocksDB batch; how many."""
         if not writes:
-            return None
+            return 0
         wb = WriteBatch(raw_mode=True)
         for k, v in writes.items():
             if v is _DELETED:
@@ -171,12 +172,7 @@ class PartitionStore:
             at = self.changelog_offset
             if at is not None:
                 wb.put(CHANGELOG_OFFSET, str(at + staged).encode())
-        return wb
-
-    def _write_batch(self, writes: dict[bytes, object], staged: int | None) -> int:
-        wb = self._batch_of(writes, staged)
-        if wb is not None:
-            self._db.write(wb)
+        self._db.write(wb)
         return len(writes)
 
     # -- changelog recovery -----------------------------------------------------
