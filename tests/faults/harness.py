@@ -113,6 +113,30 @@ def topic_ends(s: Settings, logical: str) -> dict[int, int]:
         c.close()
 
 
+def changelog_records(s: Settings, partitions: int) -> dict[int, list[tuple[int, bytes, dict[str, bytes]]]]:
+    """Every record of the pipeline's changelog, per partition in log order: (offset, key, headers).
+
+    Read to the end of each partition (the fetch's partition EOF, not ListOffsets).
+    """
+    topic = s.changelog_topic(load_spec(s.pipeline).name)
+    c = Consumer(s.consumer_config(group=f"{s.app_id}-changelog-{time.time_ns()}", **{"enable.partition.eof": True}))
+    out: dict[int, list[tuple[int, bytes, dict[str, bytes]]]] = {p: [] for p in range(partitions)}
+    done: set[int] = set()
+    try:
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        deadline = time.monotonic() + 60
+        while len(done) < partitions and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.5):
+                if m.error() is not None:
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        done.add(m.partition())
+                    continue
+                out[m.partition()].append((m.offset(), m.key(), dict(m.headers() or [])))
+    finally:
+        c.close()
+    assert len(done) == partitions, f"{topic}: not read to its end (partitions {set(range(partitions)) - done})"
+    return out
+
 def caught_up(s: Settings, ends: dict[str, dict[int, int]]) -> Callable[[], bool]:
     """A condition: the group's committed offsets have reached ``ends`` ({logical topic: {partition: end}}).
 

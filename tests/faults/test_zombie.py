@@ -21,11 +21,9 @@ partition, and every copy of an answer is byte-identical.
 from __future__ import annotations
 
 import signal
-import time
 
 import orjson
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from streams.changelog import COMMIT_MARKER
 from streams.datasets import convert
@@ -36,6 +34,7 @@ from streams.spec import load_spec
 from tests.faults.harness import (
     _assigned,
     caught_up,
+    changelog_records,
     changelog_state,
     compare_states,
     dump_store,
@@ -56,38 +55,10 @@ RECORDS = 4_000
 PARTITIONS = 4
 
 
-def _ids(path) -> set[str]:
-    spec = load_spec("online_retail")
-    out = set()
-    for line in path.read_bytes().splitlines():
-        rec = orjson.loads(line)
-        if rec["topic"] == "events":
-            out.add(rec["value"][spec.event_id])
-    return out
-
-
 def _markers(s) -> dict[int, list[tuple[int, int, str]]]:
     """Each changelog partition's commit markers in log order: (offset, generation, writer)."""
-    topic = s.changelog_topic(load_spec(s.pipeline).name)
-    c = Consumer(s.consumer_config(group=f"{s.app_id}-markers", **{"enable.partition.eof": True}))
-    out: dict[int, list[tuple[int, int, str]]] = {p: [] for p in range(PARTITIONS)}
-    done: set[int] = set()
-    try:
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-        deadline = time.monotonic() + 60
-        while len(done) < PARTITIONS and time.monotonic() < deadline:
-            for m in c.consume(1000, 0.5):
-                if m.error() is not None:
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        done.add(m.partition())
-                    continue
-                if m.key() == COMMIT_MARKER:
-                    h = dict(m.headers() or [])
-                    out[m.partition()].append((m.offset(), int(h["generation"]), h["writer"].decode()))
-    finally:
-        c.close()
-    assert len(done) == PARTITIONS, "the changelog was not read to its end"
-    return out
+    return {p: [(off, int(h["generation"]), h["writer"].decode()) for off, key, h in records if key == COMMIT_MARKER]
+            for p, records in changelog_records(s, PARTITIONS).items()}
 
 
 def test_a_paused_worker_that_lost_its_partitions_writes_no_state(broker, tmp_path):
@@ -101,7 +72,7 @@ def test_a_paused_worker_that_lost_its_partitions_writes_no_state(broker, tmp_pa
     first.write_bytes(b"".join(lines[0::2]))
     second.write_bytes(b"".join(lines[1::2]))
     both.write_bytes(first.read_bytes() + second.read_bytes())
-    first_ids = _ids(first) & ids
+    first_ids = stream_ids(first, "online_retail")[0]
 
     s = make_run_settings(broker.bootstrap, tmp_path, "zombie", pipeline="online_retail",
                           partitions=PARTITIONS, batch_max=400)

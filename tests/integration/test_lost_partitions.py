@@ -11,15 +11,14 @@ state instead of flushing it. An ordinary close, lease valid, flushes.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from streams.agents import BatchScorer
 from streams.changelog import COMMIT_MARKER, create_changelog_topic
 from streams.spec import load_spec
 from streams.state import PartitionStore
+from tests.faults.harness import changelog_records
 from tests.unit.test_agents import events
 
 pytestmark = pytest.mark.integration
@@ -27,22 +26,7 @@ pytestmark = pytest.mark.integration
 
 def _changelog(s) -> list[tuple[bytes, dict[str, bytes]]]:
     """(key, headers) of every record of the pipeline's changelog partition 0, in order."""
-    topic = s.changelog_topic(load_spec(s.pipeline).name)
-    c = Consumer(s.consumer_config(group=f"{s.app_id}-read-{time.time_ns()}", **{"enable.partition.eof": True}))
-    out: list[tuple[bytes, dict[str, bytes]]] = []
-    try:
-        c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            for m in c.consume(1000, 0.5):
-                if m.error() is not None:
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        return out
-                    continue
-                out.append((m.key(), dict(m.headers() or [])))
-    finally:
-        c.close()
-    raise AssertionError("the changelog was not read to its end")
+    return [(key, h) for _, key, h in changelog_records(s, 1)[0]]
 
 
 @pytest.fixture
