@@ -27,10 +27,11 @@ pytestmark = pytest.mark.integration
 N_RECORDS = 16_000      # 8,000 events, each followed by its label
 
 
-def reference(spec):
+def reference(spec, n_records: int = N_RECORDS):
+    """River's progressive validation of the first ``n_records`` of elec2: (event ids, P(true) each)."""
     xs, ys, order = {}, {}, []
     for i, rec in enumerate(iter_records("elec2")):
-        if i >= N_RECORDS:
+        if i >= n_records:
             break
         v = rec["value"]
         if "label" in v:
@@ -57,14 +58,18 @@ def all_predictions(settings) -> list[bytes]:
     return out
 
 
+def elec2_run(make_settings, tmp_path, n_records: int, **kw):
+    """Settings, stream file and log of an elec2 run on one partition, and River's answers to it."""
+    order, expected = reference(load_spec("elec2"), n_records)
+    s = make_settings(pipeline="elec2", partitions=1, batch_max=500, **kw)
+    stream = tmp_path / "elec2.jsonl"
+    convert("elec2", stream, limit=n_records)
+    return s, stream, tmp_path / "worker.log", order, expected
+
+
 @pytest.mark.parametrize("kill_at", [0.3, 0.7])
 def test_sigkill_and_restart_equals_uninterrupted_run(make_settings, tmp_path, kill_at):
-    spec = load_spec("elec2")
-    order, expected = reference(spec)
-    s = make_settings(pipeline="elec2", partitions=1, batch_max=500)
-    stream = tmp_path / "elec2.jsonl"
-    convert("elec2", stream, limit=N_RECORDS)
-    log = tmp_path / "worker.log"
+    s, stream, log, order, expected = elec2_run(make_settings, tmp_path, N_RECORDS)
     reader = OutputReader(s)
     proc = start_worker(s, log)
     try:
@@ -74,15 +79,25 @@ def test_sigkill_and_restart_equals_uninterrupted_run(make_settings, tmp_path, k
             reader.poll(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        proc = start_worker(s, log)
-        deadline = time.monotonic() + 120
-        while len(reader.predictions) < len(order) and time.monotonic() < deadline:
-            reader.poll(0.2)
-            assert proc.poll() is None, log.read_text()[-3000:]
+        proc = restart_and_finish(s, log, reader, len(order))
     finally:
         stop_worker(proc)
         reader.close()
+    check_equals_river(s, reader, order, expected)
 
+
+def restart_and_finish(s, log, reader: OutputReader, n_events: int):
+    """Start the worker again and wait until ``n_events`` are answered; the process."""
+    proc = start_worker(s, log)
+    deadline = time.monotonic() + 120
+    while len(reader.predictions) < n_events and time.monotonic() < deadline:
+        reader.poll(0.2)
+        assert proc.poll() is None, log.read_text()[-3000:]
+    return proc
+
+
+def check_equals_river(s, reader: OutputReader, order: list[str], expected: list[float]) -> None:
+    """Every event answered with River's progressive-validation score; answers given twice identical."""
     assert len(reader.predictions) == len(order)                   # every event answered
     worst = max(abs(reader.predictions[e]["score"] - p) for e, p in zip(order, expected))
     assert worst <= 1e-9, f"largest difference from the uninterrupted run: {worst}"

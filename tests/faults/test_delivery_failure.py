@@ -1,0 +1,75 @@
+"""Outputs that are never delivered: the worker stops, commits nothing, and a restart repeats nothing.
+
+The commit order (reliability.md, section 3) says an output the broker did
+not acknowledge within ``delivery_timeout_s`` is lost, so the scorer drops
+what it holds and refuses every later commit; the restarted worker answers
+those records again from the last committed state. The unit tests prove the
+wiring; this one makes a real delivery fail inside a running worker: the
+test's own broker is frozen (SIGSTOP) longer than the delivery timeout
+while the worker is busy with a backlog it has already fetched, so its
+outputs time out in librdkafka's queue (``_MSG_TIMED_OUT``).
+
+elec2 with inline labels on one partition: an uninterrupted run is River's
+progressive validation, so "nothing lost, nothing counted twice" is checked
+exactly, score by score.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from streams.broker import EmbeddedBroker
+from streams.demo import OutputReader, start_worker, stop_worker, wait_ready
+from streams.replay import replay
+from tests.faults.test_kill import check_equals_river, elec2_run, restart_and_finish
+
+pytestmark = pytest.mark.integration
+
+N_RECORDS = 40_000      # 20,000 events, each followed by its label: seconds of work fetched at once
+FREEZE_S = 6.0          # > delivery_timeout_s (2 s): the queued outputs time out
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    """A broker of this test's own: freezing the session's would stall every other test's worker."""
+    b = EmbeddedBroker(log_path=os.environ.get("STREAMSCORE_TEST_BROKER_LOG"))
+    b.start()
+    yield b
+    b.stop()
+
+
+def test_undelivered_outputs_stop_the_worker_and_a_restart_repeats_nothing(broker, make_settings, tmp_path):
+    s, stream, log, order, expected = elec2_run(make_settings, tmp_path, N_RECORDS, delivery_timeout_s=2.0)
+    reader = OutputReader(s)
+    proc = start_worker(s, log)
+    try:
+        wait_ready(s, proc, log)
+        replay(stream, s)
+        while len(reader.predictions) < 300:       # consuming: a backlog fetched, outputs flowing
+            reader.poll(0.05)
+            assert proc.poll() is None, log.read_text()[-3000:]
+        assert broker._proc is not None
+        os.kill(broker._proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(FREEZE_S)
+        finally:
+            os.kill(broker._proc.pid, signal.SIGCONT)
+        before = len(reader.predictions)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            reader.poll(0.2)
+        text = log.read_text()
+        assert proc.returncode not in (None, 0), "the worker kept running after outputs were lost"
+        assert "Message timed out" in text and "a batch failed half-way" in text, text[-3000:]
+        assert before < len(order), "every event answered before the freeze: nothing was at stake"
+
+        proc = restart_and_finish(s, log, reader, len(order))
+    finally:
+        stop_worker(proc)
+        reader.close()
+    check_equals_river(s, reader, order, expected)
