@@ -26,6 +26,7 @@ from confluent_kafka import KafkaException, Producer
 from models import persistence
 from models.registry import BATCH_KINDS
 from streams.changelog import Changelog, create_changelog_topic
+from streams.failpoints import Failpoints
 from streams.metrics import Metrics
 from streams.processor import PartitionProcessor
 from streams.settings import Settings
@@ -154,6 +155,8 @@ class _Flush:
             if not self.cancelled:
                 self._give_back()
             raise
+        if self.acks:                                # state written, offsets not yet acknowledged
+            sc.failpoints.reached("after_state_write")
         if sc.acker is not None:
             for topic, partition, offsets in self.acks:
                 if partition in sc.processors:     # a partition revoked meanwhile is its next owner's
@@ -273,6 +276,7 @@ class BatchScorer:
         self.lease: Any = None
         #: ``generation()``: the group generation of this worker's assignment, on each flush's commit marker
         self.generation: Any = None
+        self.failpoints = Failpoints.from_env()                      # fault suite only (streams/failpoints.py)
         self._unacked: dict[int, list[tuple[str, list[int]]]] = {}   # partition -> batches not yet flushed
         self._inflight: _Flush | None = None                        # the flush being sent, if any
         self._flush_task: asyncio.Task[None] | None = None          # its driver (a reference keeps it alive)

@@ -55,11 +55,13 @@ def all_topics(settings: Settings) -> dict[str, int]:
             | {settings.topic("metrics"): 1})
 
 
-def start_worker(settings: Settings, log_path: Path | None) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, log_path: Path | None,
+                 extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A worker in its own process, configured through ``STREAMSCORE_*`` variables.
 
     Its output is appended to ``log_path``, or shares this process's
-    stdout/stderr when ``log_path`` is None.
+    stdout/stderr when ``log_path`` is None. ``extra_env``: more variables
+    (the fault suite's ``STREAMSCORE_FAILPOINT``).
     """
     from pydantic import SecretStr
 
@@ -72,6 +74,7 @@ def start_worker(settings: Settings, log_path: Path | None) -> subprocess.Popen[
         if value is None:
             continue
         env[Settings.env_name(name)] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    env.update(extra_env or {})
     if log_path is None:
         return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env)
     log = log_path.open("ab")

@@ -21,6 +21,7 @@ from streams.datasets import convert, iter_records
 from streams.demo import OutputReader, start_worker, stop_worker, wait_ready
 from streams.replay import replay
 from streams.spec import load_spec
+from tests.faults.harness import caught_up, split_stream, topic_ends, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -96,13 +97,59 @@ def restart_and_finish(s, log, reader: OutputReader, n_events: int):
     return proc
 
 
-def check_equals_river(s, reader: OutputReader, order: list[str], expected: list[float]) -> None:
-    """Every event answered with River's progressive-validation score; answers given twice identical."""
+def check_equals_river(s, reader: OutputReader, order: list[str], expected: list[float]) -> int:
+    """Every event answered with River's progressive-validation score; answers given twice identical.
+
+    Returns how many answers were given more than once."""
     assert len(reader.predictions) == len(order)                   # every event answered
     worst = max(abs(reader.predictions[e]["score"] - p) for e, p in zip(order, expected))
     assert worst <= 1e-9, f"largest difference from the uninterrupted run: {worst}"
     by_id: dict[str, bytes] = {}
-    for raw in all_predictions(s):                                  # redelivered answers are identical
+    answers = all_predictions(s)
+    for raw in answers:                                             # redelivered answers are identical
         eid = orjson.loads(raw)["event_id"]
         assert by_id.setdefault(eid, raw) == raw, eid
     assert {d["reason"] for d in reader.dlq} <= {"duplicate_label"}  # only redelivered labels, refused
+    return len(answers) - len(by_id)
+
+
+@pytest.mark.parametrize("changelog", [True, False], ids=["changelog", "no-changelog"])
+def test_killed_between_the_state_write_and_the_commit(make_settings, tmp_path, changelog):
+    """SIGKILL at the one point a kill from outside cannot aim at: a flush has written the state of
+    the batches it covers and not yet acknowledged their offsets (``STREAMSCORE_FAILPOINT``).
+
+    The first half of elec2 is processed and committed, then that worker is killed from outside
+    (its last writes may still be in RocksDB's memtable: with the changelog on, the store skips
+    its WAL and recovers them from the changelog; without it, the store and its WAL are the only
+    copy). A second worker takes the second half and kills itself at its first flush that covers
+    input, after the state write. The third must answer the records it gets again from the state
+    (the same bytes), learn nothing twice, and end with River's progressive-validation scores.
+    """
+    s, stream, log, order, expected = elec2_run(make_settings, tmp_path, 40_000, changelog=changelog)
+    first, second = split_stream(stream, [0.5])
+    reader = OutputReader(s)
+    proc = start_worker(s, log)
+    try:
+        wait_ready(s, proc, log)
+        replay(first, s)
+        wait_for(caught_up(s, {"events": topic_ends(s, "events")}), "the first half committed",
+                 [proc], log, poll=lambda: reader.poll(0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc = start_worker(s, log, extra_env={"STREAMSCORE_FAILPOINT": "after_state_write:1"})
+        wait_ready(s, proc, log)
+        replay(second, s)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            reader.poll(0.1)
+        assert proc.returncode == -signal.SIGKILL, f"not killed at the failpoint: {proc.returncode}"
+        proc = restart_and_finish(s, log, reader, len(order))
+        # every event may have been answered before the kill: wait until the restarted worker has
+        # processed (and committed) the whole input, the records it got again included
+        wait_for(caught_up(s, {"events": topic_ends(s, "events")}), "the committed offsets at the end",
+                 [proc], log, poll=lambda: reader.poll(0.3))
+    finally:
+        stop_worker(proc)
+        reader.close()
+    twice = check_equals_river(s, reader, order, expected)
+    assert twice > 0, "no record was delivered again: the kill covered nothing"
