@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 NATIVE_SRC := $(wildcard ext/src/*) CMakeLists.txt pyproject.toml
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast soak bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	STREAMSCORE_REQUIRE_NATIVE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 	STREAMSCORE_DISABLE_NATIVE=1 $(BIN)/python -m pytest -q tests/unit/test_ext_parity.py tests/unit/test_ext_tumbling.py tests/unit/test_features.py tests/unit/test_processor.py tests/unit/test_ext_keyed.py tests/unit/test_features_hopping.py tests/unit/test_features_session.py tests/unit/test_features_session_grace.py tests/unit/test_features_restart.py tests/unit/test_linear.py $(PYTEST_ARGS)
+
+# The soak variants of the fault suite (marker `slow`, ~4 min): .ci/run runs them after `make test`.
+soak: $(STAMP)
+	STREAMSCORE_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
