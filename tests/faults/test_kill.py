@@ -90,11 +90,16 @@ def test_sigkill_and_restart_equals_uninterrupted_run(make_settings, tmp_path, k
 def restart_and_finish(s, log, reader: OutputReader, n_events: int):
     """Start the worker again and wait until ``n_events`` are answered; the process."""
     proc = start_worker(s, log)
-    deadline = time.monotonic() + 120
-    while len(reader.predictions) < n_events and time.monotonic() < deadline:
-        reader.poll(0.2)
-        assert proc.poll() is None, log.read_text()[-3000:]
+    wait_for(lambda: len(reader.predictions) >= n_events, "every event answered", [proc], log,
+             timeout=120, poll=lambda: reader.poll(0.2))
     return proc
+
+
+def wait_exit(proc, log, reader: OutputReader, timeout: float = 60) -> int:
+    """Poll the outputs until the worker process exits by itself; its exit status."""
+    wait_for(lambda: proc.poll() is not None, "the worker to exit", (), log, timeout=timeout,
+             poll=lambda: reader.poll(0.1))
+    return proc.returncode
 
 
 def check_equals_river(s, reader: OutputReader, order: list[str], expected: list[float]) -> int:
@@ -139,10 +144,8 @@ def test_killed_between_the_state_write_and_the_commit(make_settings, tmp_path, 
         proc = start_worker(s, log, extra_env={"STREAMSCORE_FAILPOINT": "after_state_write:1"})
         wait_ready(s, proc, log)
         replay(second, s)
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            reader.poll(0.1)
-        assert proc.returncode == -signal.SIGKILL, f"not killed at the failpoint: {proc.returncode}"
+        status = wait_exit(proc, log, reader)
+        assert status == -signal.SIGKILL, f"not killed at the failpoint: {status}"
         proc = restart_and_finish(s, log, reader, len(order))
         # every event may have been answered before the kill: wait until the restarted worker has
         # processed (and committed) the whole input, the records it got again included
