@@ -320,6 +320,11 @@ class DeepModel:
         return len(self._pending_y)
 
     @property
+    def until_step(self) -> int:
+        """Labelled examples still needed before the next optimizer step (at least 1)."""
+        return self.params.batch_size - len(self._raw_y) - len(self._pending_y)
+
+    @property
     def module(self) -> nn.Module:
         """The underlying ``nn.Module`` (read it; do not train it behind the model's back)."""
         return self._net

@@ -180,11 +180,16 @@ class _Context(rule_engine.Context):
             resolver=_resolve,
             type_resolver=rule_engine.type_resolver_from_dict({f: rule_engine.DataType.UNDEFINED for f in fields}),
         )
+        #: the fields the compiled expressions read (a caller may pass just these)
+        self.used: set[str] = set()
 
     def resolve_type(self, name: str, scope: str | None = None) -> Any:
         if scope is not None and name in _NONDETERMINISTIC_BUILTINS:
             raise _Nondeterministic(f"${name} is not allowed: a rule must give the same answer on replay")
-        return super().resolve_type(name, scope=scope)
+        found = super().resolve_type(name, scope=scope)
+        if scope is None:
+            self.used.add(name)
+        return found
 
 
 class _Nondeterministic(ValueError):
@@ -338,6 +343,8 @@ class RuleSet:
                 raise ValueError(f"rule {r.name!r}: invalid expression {r.when!r}: {exc.message}") from None
             compiled.append((r.name, r.reason, r.action, r.value, _fast_matches(rule)))
         self._compiled = tuple(compiled)
+        #: the fields the rules read, in ``fields`` order: a context needs no other key
+        self.used = tuple(f for f in self.fields if f in context.used)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"rules": self.rules, "fields": self.fields, "errors": self.errors, "last_error": self.last_error}

@@ -35,6 +35,7 @@ Semantics, per partition and in offset order (also inside a batch):
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import time
@@ -255,13 +256,16 @@ class PartitionProcessor:
         decoded = [decode(rec.value, rec.key) for rec in records]
         new = self._new_events(decoded)
         fresh = set(new)
+        # each new event's window features, and its model inputs (its fields and those), built once
         features = self._window_features(decoded, new) if self.windows is not None else {}
-        # torch: new events are scored TORCH_CHUNK at a time, and again from the current one on
+        inputs = {i: {**decoded[i].x, **f} for i, f in features.items()}  # type: ignore[dict-item]
+        # torch: new events are scored up to TORCH_CHUNK at a time, and again from the current one on
         # after a training step (labels earlier in the batch), so that every event sees the
         # weights after every record before it, whatever the micro-batch boundaries
         batch_scores: dict[int, dict[str, float]] = {}
         scored_at: tuple[int, ...] | None = None
         position = {j: k for k, j in enumerate(new)} if self.batch_models else {}
+        labels_at = [i for i, d in enumerate(decoded) if d.kind == "label"] if self.batch_models else []
         for i, rec in enumerate(records):
             d = decoded[i]
             kind = d.kind
@@ -273,9 +277,10 @@ class PartitionProcessor:
                     steps = self._torch_steps()
                     if i not in batch_scores or steps != scored_at:
                         k = position[i]
-                        batch_scores = self._batch_scores(decoded, new[k:k + TORCH_CHUNK], features, stats)
+                        chunk = new[k:self._chunk_end(i, k, new, labels_at)]
+                        batch_scores = self._batch_scores(decoded, chunk, inputs, stats)
                         scored_at = steps
-                self._event(d, rec, out, stats, features.get(i), batch_scores.get(i), i in fresh)
+                self._event(d, rec, out, stats, features.get(i), batch_scores.get(i), i in fresh, inputs.get(i))
             elif kind == "label":
                 stats.labels += 1
                 if self._timeout is not None:
@@ -326,8 +331,26 @@ class PartitionProcessor:
     def _torch_steps(self) -> tuple[int, ...]:
         return tuple(m.steps for m in self.batch_models)
 
+    def _chunk_end(self, i: int, k: int, new: Sequence[int], labels_at: Sequence[int]) -> int:
+        """Where the torch chunk that starts at new event ``new[k] == i`` should end.
+
+        Why: a chunk scored past the batch's next training step is scored
+        again after it (see :meth:`process`), so rows past that step are wasted
+        work: with inline labels, a chunk of TORCH_CHUNK events scored two rows
+        per event. No step can come before the label that fills the emptiest
+        model's buffer, so the chunk stops at the last new event before that
+        label. Only a guess: an event can train too (a label that came before
+        it, a provisional or timed-out label), and then it is scored again,
+        so scores never depend on it.
+        """
+        need = min(m.until_step for m in self.batch_models)
+        at = bisect.bisect_right(labels_at, i) + need - 1
+        if at >= len(labels_at):
+            return k + TORCH_CHUNK
+        return min(k + TORCH_CHUNK, max(k + 1, bisect.bisect_left(new, labels_at[at], lo=k)))
+
     def _batch_scores(self, decoded: Sequence[Decoded], new: Sequence[int],
-                      features: Mapping[int, dict[str, float]], stats: BatchStats) -> dict[int, dict[str, float]]:
+                      inputs: Mapping[int, dict[str, Any]], stats: BatchStats) -> dict[int, dict[str, float]]:
         """Torch scores of the events ``new``: one forward pass per model.
 
         :meth:`process` calls this for up to ``TORCH_CHUNK`` new events at a
@@ -339,11 +362,7 @@ class PartitionProcessor:
         """
         if not new:
             return {}
-        xs = []
-        for i in new:
-            x = decoded[i].x
-            f = features.get(i)
-            xs.append({**x, **f} if f else x)  # type: ignore[dict-item]
+        xs = [inputs.get(i) or decoded[i].x for i in new]
         out: dict[int, dict[str, float]] = {i: {} for i in new}
         for m in self.batch_models:
             t0 = time.perf_counter()
@@ -355,7 +374,7 @@ class PartitionProcessor:
 
     def _event(self, d: Decoded, rec: Any, out: list[Output], stats: BatchStats,
                feats: dict[str, float] | None = None, pre_scores: dict[str, float] | None = None,
-               fresh: bool = False) -> None:
+               fresh: bool = False, inputs: dict[str, Any] | None = None) -> None:
         eid = d.event_id
         # fresh: _new_events already found no stored prediction (saves a second lookup)
         stored_pred = None if fresh else self.store.get("p:" + eid)
@@ -363,10 +382,8 @@ class PartitionProcessor:
             stats.duplicates += 1
             out.append(Output("predictions", rec.key, stored_pred))
             return
-        x = d.x
+        x = d.x if inputs is None else inputs   # inputs: the event's fields and window features
         assert x is not None
-        if feats:
-            x = {**x, **feats}
         scores: dict[str, float] | None = None
         if self.models:
             scores = self._scores(x, pre_scores)
@@ -456,7 +473,11 @@ class PartitionProcessor:
             "scores": {k: v for k, v in scores.items() if not k.startswith("rank:")} if self._reco else scores,
         }
         if self.rules is not None:
-            ctx = {**x, "score": score, **{f"score_{k}": v for k, v in scores.items()}}
+            # what the rules read, no more: the event's fields and features, then the scores
+            ctx = {n: x[n] for n in self.rules.used if n in x}
+            ctx["score"] = score
+            for k, v in scores.items():
+                ctx["score_" + k] = v
             final, cls, outcome = self.rules.apply(score, self.spec.threshold, ctx)
             if outcome.hits:
                 doc["score"] = final
