@@ -64,6 +64,7 @@ import dataclasses
 import io
 import itertools
 import math
+import operator
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -284,6 +285,8 @@ class DeepModel:
         self.steps = 0
 
         n_num, n_cat = len(numeric), len(categorical)
+        #: a row's numeric values, read by C: ``itemgetter`` (a one-field getter gives a scalar, not a tuple)
+        self._getter = operator.itemgetter(*numeric) if numeric else (lambda x: ())
         self._missing_bucket = params.buckets
         self._offsets = np.arange(n_cat, dtype=np.int64) * (params.buckets + 1)
         net = _WideDeep(n_num, n_cat, params)
@@ -337,13 +340,18 @@ class DeepModel:
 
     def _encode(self, xs: Sequence[Features]) -> tuple[np.ndarray, np.ndarray]:
         """Raw numeric values (float64, NaN if missing) and global bucket indices (int64)."""
-        values = [x.get(f) for x in xs for f in self.numeric]   # flat: the fastest way out of dicts
+        n_num = len(self.numeric)
         num: np.ndarray | None = None
+        try:   # every row has every field (the usual case): one C call per row
+            rows = list(map(self._getter, xs))
+        except KeyError:
+            rows = [[x.get(f) for f in self.numeric] for x in xs]
         with contextlib.suppress(TypeError, ValueError, OverflowError):
-            num = np.array(values, dtype=np.float64)   # None -> NaN; numeric strings parsed
-        if num is None or num.shape != (len(values),):  # a value numpy cannot convert: go value by value
-            num = np.array([_to_float(v) for v in values], dtype=np.float64)
-        num = num.reshape(len(xs), len(self.numeric))
+            num = np.array(rows, dtype=np.float64)   # None -> NaN; numeric strings parsed
+        if num is None or num.shape != ((len(xs), n_num) if n_num != 1 else (len(xs),)):
+            # a value numpy cannot convert: go value by value
+            num = np.array([_to_float(x.get(f)) for x in xs for f in self.numeric], dtype=np.float64)
+        num = num.reshape(len(xs), n_num)
         n_cat = len(self.categorical)
         flat = np.full(len(xs) * n_cat, self._missing_bucket, dtype=np.int64)
         if n_cat:
