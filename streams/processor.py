@@ -166,6 +166,10 @@ class PartitionProcessor:
         #: Kept as objects and written as "e:<event id>" at flush only: a label that comes within
         #: the same flush interval (the common case) costs no JSON round trip and no RocksDB write.
         self._open: dict[str, tuple[dict[str, Any], bool]] = {}
+        #: event ids whose label came first and waits in state as "l:<event id>": most events have
+        #: none, and knowing it saves each of them a RocksDB lookup. Orphan labels stay in state (and
+        #: here) until the dedupe retention forgets them.
+        self._waiting: set[str] = {k[2:] for k, _ in store.scan("l:")}
         self._restored: set[str] = set()
         if snapshot_key is not None:
             self._restore()
@@ -407,8 +411,9 @@ class PartitionProcessor:
             deadline = d.ts + self._timeout
             heapq.heappush(self._deadlines, (deadline, eid))
             self.store.put("t:" + eid, str(deadline).encode())
-        pending = self.store.get("l:" + eid)
+        pending = self.store.get("l:" + eid) if eid in self._waiting else None
         if pending is not None:
+            self._waiting.discard(eid)
             self.store.delete("l:" + eid)
             self._join(eid, {"x": x, "s": scores}, orjson.loads(pending)["y"])
             stats.labels_joined += 1
@@ -545,11 +550,12 @@ class PartitionProcessor:
         if marker == b"d":                       # its deadline passed first: a late label
             stats.labels_late += 1
             return
-        if found is not None or marker is not None or store.get("l:" + eid) is not None:
+        if found is not None or marker is not None or eid in self._waiting:
             self._dlq(Reason.DUPLICATE_LABEL.value, f"event {eid!r} already has a label", topic, rec, out,
                       stats, eid)
             return
         store.put("l:" + eid, self._dumps({"y": d.y, "ts": d.ts}))
+        self._waiting.add(eid)
         stats.labels_pending += 1
         if self._retention is not None and (gone := self._retention.add(eid, d.ts)):
             self._forget(gone)            # a label whose event never comes is forgotten too
@@ -614,6 +620,7 @@ class PartitionProcessor:
             delete("p:" + eid)
             delete("y:" + eid)
             delete("l:" + eid)
+            self._waiting.discard(eid)
             self._close(eid)
 
     def _close(self, eid: str) -> None:

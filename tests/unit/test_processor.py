@@ -224,6 +224,20 @@ def test_label_before_event_in_same_batch(tmp_path: Path) -> None:
     assert n_learned(p) == 1
 
 
+def test_label_waiting_in_state_joins_its_event_after_a_restart(tmp_path: Path) -> None:
+    """The processor knows which labels wait (to skip the lookup for every other event): after a
+    restart it must learn that from the state, or the event would be scored and never trained."""
+    p = make_proc(tmp_path / "p")
+    p.process("labels", recs(lab(0, 1)))
+    p.flush()
+    p.close()
+    q = make_proc(tmp_path / "p")
+    q.process("events", recs(ev(0)))
+    assert q.last_stats.labels_joined == 1 and n_learned(q) == 1
+    q.process("labels", recs(lab(0, 1)))            # and the event now has its label
+    assert dict(q.last_stats.dlq or {}) == {"duplicate_label": 1}
+
+
 # -- (d) duplicate labels -----------------------------------------------------------
 def test_second_label_goes_to_dlq(tmp_path: Path) -> None:
     p = make_proc(tmp_path / "p")
