@@ -307,6 +307,7 @@ class DeepModel:
         self._pending_y: list[float] = []
         #: examples given to learn_one, not yet encoded (encoded together: one _encode per step)
         self._raw_x: list[Features] = []
+        self._raw_num: list[np.ndarray | None] = []     # the rows' numeric features, where given
         self._raw_y: list[bool | int] = []
 
     # ------------------------------------------------------------------ properties
@@ -338,20 +339,15 @@ class DeepModel:
 
     # ------------------------------------------------------------------ encoding
 
-    def _encode(self, xs: Sequence[Features]) -> tuple[np.ndarray, np.ndarray]:
-        """Raw numeric values (float64, NaN if missing) and global bucket indices (int64)."""
-        n_num = len(self.numeric)
-        num: np.ndarray | None = None
-        try:   # every row has every field (the usual case): one C call per row
-            rows = list(map(self._getter, xs))
-        except KeyError:
-            rows = [[x.get(f) for f in self.numeric] for x in xs]
-        with contextlib.suppress(TypeError, ValueError, OverflowError):
-            num = np.array(rows, dtype=np.float64)   # None -> NaN; numeric strings parsed
-        if num is None or num.shape != ((len(xs), n_num) if n_num != 1 else (len(xs),)):
-            # a value numpy cannot convert: go value by value
-            num = np.array([_to_float(x.get(f)) for x in xs for f in self.numeric], dtype=np.float64)
-        num = num.reshape(len(xs), n_num)
+    def _encode(self, xs: Sequence[Features], num: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw numeric values (float64, NaN if missing) and global bucket indices (int64).
+
+        ``num``: the numeric values already as a matrix (rows of ``xs``, columns
+        in ``numeric`` order, NaN if missing), as a worker has them from its
+        window kernels; then only the categorical fields are read from ``xs``.
+        """
+        if num is None:
+            num = self._numeric_of(xs)
         n_cat = len(self.categorical)
         flat = np.full(len(xs) * n_cat, self._missing_bucket, dtype=np.int64)
         if n_cat:
@@ -368,6 +364,21 @@ class DeepModel:
                 flat[where] = hash_strings(strings, self.params.buckets)
         cat = flat.reshape(len(xs), n_cat) + self._offsets
         return num, cat
+
+    def _numeric_of(self, xs: Sequence[Features]) -> np.ndarray:
+        """The numeric fields of ``xs`` as a float64 matrix (NaN if missing)."""
+        n_num = len(self.numeric)
+        num: np.ndarray | None = None
+        try:   # every row has every field (the usual case): one C call per row
+            rows = list(map(self._getter, xs))
+        except KeyError:
+            rows = [[x.get(f) for f in self.numeric] for x in xs]
+        with contextlib.suppress(TypeError, ValueError, OverflowError):
+            num = np.array(rows, dtype=np.float64)   # None -> NaN; numeric strings parsed
+        if num is None or num.shape != ((len(xs), n_num) if n_num != 1 else (len(xs),)):
+            # a value numpy cannot convert: go value by value
+            num = np.array([_to_float(x.get(f)) for x in xs for f in self.numeric], dtype=np.float64)
+        return num.reshape(len(xs), n_num)
 
     @staticmethod
     def _standardise(num: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -399,12 +410,16 @@ class DeepModel:
 
     # ------------------------------------------------------------------ predicting
 
-    def predict_proba_many(self, xs: Sequence[Features]) -> list[float]:
-        """P(y = 1 | x) for every row, in one forward pass; mutates neither ``xs`` nor the model."""
+    def predict_proba_many(self, xs: Sequence[Features], num: np.ndarray | None = None) -> list[float]:
+        """P(y = 1 | x) for every row, in one forward pass; mutates neither ``xs`` nor the model.
+
+        ``num``: the rows' numeric features as a matrix, if the caller has it
+        (see :meth:`_encode`); the same scores, without reading them from ``xs``.
+        """
         n = len(xs)
         if n == 0:
             return []
-        num, cat = self._encode(xs)
+        num, cat = self._encode(xs, num)
         pad = -n % ROW_BLOCK
         if pad:   # same row, same bits, whatever the batch size (see ROW_BLOCK)
             num = np.concatenate([num, np.repeat(num[:1], pad, axis=0)])
@@ -420,13 +435,15 @@ class DeepModel:
 
     # ------------------------------------------------------------------ learning
 
-    def learn_one(self, x: Features, y: bool | int) -> None:
+    def learn_one(self, x: Features, y: bool | int, num: np.ndarray | None = None) -> None:
         """Buffer one labelled example; a full buffer triggers exactly one Adam step.
 
         The example is kept as given and encoded with the rest of its batch
-        (one vectorised encode per step instead of one per example).
+        (one vectorised encode per step instead of one per example). ``num``:
+        its numeric features as a row (see :meth:`_encode`), if the caller has it.
         """
         self._raw_x.append(x)
+        self._raw_num.append(num)
         self._raw_y.append(y)
         self.n_learned += 1
         if len(self._raw_y) + len(self._pending_y) >= self.params.batch_size:
@@ -435,9 +452,16 @@ class DeepModel:
     def _drain(self) -> None:
         """Encode the examples buffered by learn_one (stepping when a batch fills)."""
         if self._raw_y:
-            xs, ys = self._raw_x, self._raw_y
-            self._raw_x, self._raw_y = [], []
-            self._add(xs, ys)
+            xs, ys, rows = self._raw_x, self._raw_y, self._raw_num
+            self._raw_x, self._raw_y, self._raw_num = [], [], []
+            num = None
+            if any(r is not None for r in rows):      # rows given for some: encode only the others
+                missing = [i for i, r in enumerate(rows) if r is None]
+                if missing:
+                    for i, r in zip(missing, self._numeric_of([xs[i] for i in missing])):
+                        rows[i] = r
+                num = np.array(rows, dtype=np.float64).reshape(len(rows), len(self.numeric))
+            self._add(xs, ys, num)
 
     def learn_many(self, xs: Sequence[Features], ys: Sequence[bool | int]) -> None:
         """Same as ``learn_one`` on each pair, in order."""
@@ -447,10 +471,10 @@ class DeepModel:
         self.n_learned += len(xs)
         self._add(xs, ys)
 
-    def _add(self, xs: Sequence[Features], ys: Sequence[bool | int]) -> None:
+    def _add(self, xs: Sequence[Features], ys: Sequence[bool | int], num: np.ndarray | None = None) -> None:
         if len(xs) == 0:
             return
-        num, cat = self._encode(xs)
+        num, cat = self._encode(xs, num)
         labels = [1.0 if y else 0.0 for y in ys]
         bs = self.params.batch_size
         i = 0

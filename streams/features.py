@@ -1327,9 +1327,16 @@ class Windows:
         once per window, and every window's columns are joined into one
         matrix, so each event's feature dict is built in one go.
         """
+        return self.update_columns(events, ts, load)[0]
+
+    def update_columns(self, events: Sequence[Mapping[str, object]], ts: Sequence[int],
+                       load: Callable[[str], bytes | None]) -> tuple[list[dict[str, float]], np.ndarray]:
+        """:meth:`update_batch`, and the features as a matrix too: a row per event, a column
+        per feature name in spec order, NaN where the dict omits the feature (a model reads
+        them from there without a dict lookup per value)."""
         n = len(events)
         if not n:
-            return []
+            return [], np.empty((0, sum(len(s.names) for s in self.specs)))
         ts_arr = np.fromiter(ts, dtype=np.int64, count=n)
         entity: dict[str, list[str]] = {}
         raw_values: dict[str, list[object]] = {}
@@ -1375,7 +1382,7 @@ class Windows:
         for col, name in omitted:                # "last"/"since" with no previous item: omitted
             for i in np.flatnonzero(np.isnan(matrix[:, col])).tolist():
                 del out[i][name]
-        return out
+        return out, matrix
 
     def update(self, event: Mapping[str, object], ts: int,
                load: Callable[[str], bytes | None]) -> dict[str, float]:
