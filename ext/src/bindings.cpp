@@ -533,8 +533,7 @@ private:
         for (auto item : x) {
             if (!nb::isinstance<nb::str>(item.first))
                 throw nb::type_error("feature names must be str");
-            const char* name = nb::borrow<nb::str>(item.first).c_str();
-            slots_.push_back(m_.slot(name));
+            slots_.push_back(slot_of(item.first.ptr()));
             PyObject* o = item.second.ptr();
             double v;
             if (PyFloat_Check(o)) {
@@ -543,15 +542,36 @@ private:
                 v = PyLong_AsDouble(o);
                 if (v == -1.0 && PyErr_Occurred()) throw nb::python_error();
             } else {
-                throw nb::type_error((std::string("feature '") + name + "': a number is needed").c_str());
+                throw nb::type_error((std::string("feature '") + nb::borrow<nb::str>(item.first).c_str() +
+                                      "': a number is needed").c_str());
             }
             xs_.push_back(v);
         }
     }
 
+    // The slot of a feature name, by the name object's address first: a pipeline passes the
+    // same str objects (its spec's field and feature names) with every event, and a lookup by
+    // address skips building a std::string of each name (a heap allocation past 15 bytes) and
+    // hashing it: ~0.9 -> ~0.5 us a call with 20 features. The cache holds a reference to each
+    // name it keeps, so an address can never be reused by another string while it is cached;
+    // it keeps at most kMaxCachedNames, and looks other names up by value.
+    std::size_t slot_of(PyObject* name) {
+        auto it = by_address_.find(name);
+        if (it != by_address_.end()) return it->second;
+        const std::size_t s = m_.slot(nb::borrow<nb::str>(name).c_str());
+        if (by_address_.size() < kMaxCachedNames) {
+            held_.push_back(nb::borrow<nb::object>(name));
+            by_address_.emplace(name, s);
+        }
+        return s;
+    }
+
+    static constexpr std::size_t kMaxCachedNames = 4096;
     k::ScaledLogistic m_;
     std::vector<std::size_t> slots_;
     std::vector<double> xs_;
+    std::unordered_map<PyObject*, std::size_t> by_address_;
+    std::vector<nb::object> held_;
 };
 
 }  // namespace

@@ -80,6 +80,27 @@ def test_backends_agree_on_a_long_stream():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_names_as_new_string_objects_and_past_the_name_cache(backend):
+    """The native kernel finds a feature's slot by the name object's address first (a
+    pipeline passes the same str objects every event): an equal name in a new object, and
+    names past the cache's 4,096, must still find the same slot."""
+    import random
+    rnd = random.Random(5)
+    names = [f"feature_with_a_long_name_{i}" for i in range(5000)]
+    same, fresh = backend.ScaledLogistic(0.05, 0.0, 0.01), backend.ScaledLogistic(0.05, 0.0, 0.01)
+    for i in range(4600):
+        picked = rnd.sample(names[:30], 5) + [names[30 + i]]
+        x = {n: rnd.uniform(-3, 3) for n in picked}
+        x_new = {"".join(list(n)): v for n, v in x.items()}      # equal names, other objects
+        assert all(a is not b for a, b in zip(x, x_new))
+        assert same.predict_proba_one(x) == fresh.predict_proba_one(x_new)
+        same.learn_one(x, i % 3 == 0)
+        fresh.learn_one(x_new if i % 2 else x, i % 3 == 0)
+    assert same.state() == fresh.state()
+    assert len(same.state()["names"]) == 4630
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_errors_are_clear(backend):
     m = backend.ScaledLogistic(0.01, 0.0, 0.01)
     with pytest.raises(TypeError):
