@@ -111,11 +111,16 @@ class Prequential:
         batch (metrics change no score); one loop over local variables costs
         half of one call per label.
         """
-        threshold, window, recent, drift, log = self.threshold, self.window, self.recent, self.drift, math.log
-        auc_update = self.roc_auc.update
+        threshold, window, recent, log = self.threshold, self.window, self.recent, math.log
+        drift = self.drift
+        update_drift = drift.update
+        auc = self.roc_auc
+        bins, pos, neg = auc.bins, auc.pos, auc.neg
+        top = bins - 1
         correct, recent_correct, drifts = self.correct, self.recent_correct, self.drifts
         loss_n, loss_mean, baseline_loss = self.loss_n, self.loss_mean, self.baseline_loss
         positives, n = self.positives, self.n
+        lo_p, hi_p = 1e-15, 1 - 1e-15
         for y, p_true in zip(ys, ps):
             y = bool(y)
             right = (p_true > threshold) == y          # a tie is class 0, as River's argmax
@@ -124,17 +129,23 @@ class Prequential:
                 recent_correct -= recent.popleft()
             recent.append(right)
             recent_correct += right
-            drift.update(0.0 if right else 1.0)
+            update_drift(0.0 if right else 1.0)
             if drift.drift_detected:
                 drifts += 1
-            p = max(min(p_true, 1 - 1e-15), 1e-15)     # LogLoss._clamp_proba
-            x = -log(p) if y else -log(1 - p)
+            p = hi_p if p_true > hi_p else (lo_p if p_true < lo_p else p_true)   # LogLoss._clamp_proba
             loss_n += 1.0                               # stats.Mean.update, w = 1
-            loss_mean += (1.0 / loss_n) * (x - loss_mean)
-            auc_update(y, p_true)
+            i = int(p_true * bins)                      # BinnedROCAUC.update, inlined
+            i = 0 if i < 0 else (top if i > top else i)
             base = (positives + 0.5) / (n + 1.0)
-            baseline_loss += -log(base if y else 1.0 - base)
-            positives += y
+            if y:
+                loss_mean += (1.0 / loss_n) * (-log(p) - loss_mean)
+                pos[i] += 1
+                baseline_loss += -log(base)
+                positives += 1
+            else:
+                loss_mean += (1.0 / loss_n) * (-log(1 - p) - loss_mean)
+                neg[i] += 1
+                baseline_loss += -log(1.0 - base)
             n += 1
         self.correct, self.recent_correct, self.drifts = correct, recent_correct, drifts
         self.loss_n, self.loss_mean, self.baseline_loss = loss_n, loss_mean, baseline_loss

@@ -312,8 +312,9 @@ class PartitionProcessor:
         """Give the batch's evaluated (label, score) pairs to the prequential metrics, in label order."""
         done = self._evaluated
         if done:
+            ys = [y for y, _ in done]
             for name, preq in self.prequential.items():
-                preq.update_many([y for y, _ in done], [s[name] for _, s in done])
+                preq.update_many(ys, [s[name] for _, s in done])
             done.clear()
 
     # -- events ---------------------------------------------------------------

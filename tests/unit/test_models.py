@@ -324,6 +324,31 @@ def test_prequential_equals_river_metrics_bit_for_bit():
     assert p.drifts == drifts > 0
 
 
+def test_prequential_batches_equal_one_label_at_a_time_and_the_plain_formulas():
+    """update_many inlines the ROC AUC histogram and the baseline; they must stay the plain ones."""
+    import math
+    import random
+
+    from models.evaluate import BinnedROCAUC, Prequential
+
+    rnd = random.Random(12)
+    ys = [rnd.random() < 0.3 for _ in range(3000)]
+    ps = [rnd.choice([0.0, 1.0, 0.5, 1e-20, 1 - 1e-17, 0.99999, rnd.random()]) for _ in ys]
+    batched, single, auc = Prequential(window=40), Prequential(window=40), BinnedROCAUC()
+    for i in range(0, len(ys), 97):
+        batched.update_many(ys[i:i + 97], ps[i:i + 97])
+    baseline, positives = 0.0, 0
+    for n, (y, p) in enumerate(zip(ys, ps)):
+        single.update(y, p)
+        auc.update(y, p)
+        base = (positives + 0.5) / (n + 1.0)
+        baseline += -math.log(base if y else 1.0 - base)
+        positives += y
+    assert batched.state() == single.state()
+    assert (batched.roc_auc.pos, batched.roc_auc.neg) == (auc.pos, auc.neg)
+    assert batched.baseline_loss == baseline and batched.positives == positives == sum(ys)
+
+
 def test_prequential_snapshots_from_the_river_metrics_version_load():
     import pickle
 
