@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import operator
+import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -437,6 +438,10 @@ def _key_list(keys: Any, fn: str) -> list[str]:
     return items
 
 
+#: TumblingTable.take_dirty_packed: the native binding writes the same bytes
+_PACK_TUMBLING = struct.Struct("<cqqddd").pack
+
+
 class TumblingTable:
     """Tumbling-window [count, sum, min, max] per key (see ext/__init__.py).
 
@@ -572,6 +577,12 @@ class TumblingTable:
         out = [(key, *state[key]) for key in self._dirty]
         self._dirty = {}
         return out  # type: ignore[return-value]
+
+    def take_dirty_packed(self) -> list[tuple[bytes, bytes]]:
+        """take_dirty() as (UTF-8 key, b"T" + struct.pack("<qqddd", start, count, sum, min,
+        max)) pairs: store entries."""
+        pack = _PACK_TUMBLING
+        return [(key.encode("utf-8"), pack(b"T", *st)) for key, *st in self.take_dirty()]
 
     def clear(self) -> None:
         """Drop all held state; raises RuntimeError if dirty keys were not taken."""

@@ -393,6 +393,8 @@ _SESSION_COLUMNS = {"count": 0, "sum": 1, "mean": 2, "min": 3, "max": 4, "var": 
                     "decay_sum": 8, "decay_mean": 9, "std": 10, "distinct": 11}
 #: aggregations omitted from an event's features when NaN (no previous item)
 _OMITTED_IF_NAN = ("last", "since")
+#: a tumbling window's packed state (ext TumblingTable.take_dirty_packed): b"T", start, count, sum, min, max
+_UNPACK_TUMBLING = struct.Struct("<cqqddd").unpack
 _NAN = math.nan
 _EMPTY_ROW = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
@@ -1389,8 +1391,15 @@ class Windows:
         """Apply one event and return its features (a batch of one)."""
         return self.update_batch([event], [ts], load)[0]
 
-    def flush(self, put: Callable[[str, bytes], None]) -> int:
-        """Write every entity touched since the last flush (once each); bound the cache."""
+    def flush(self, put: Callable[[str, bytes], None],
+              put_many: Callable[[list[tuple[bytes, bytes]]], object] | None = None) -> int:
+        """Write every entity touched since the last flush (once each); bound the cache.
+
+        ``put_many``: takes ``(UTF-8 key, value)`` pairs in one call (the
+        store's :meth:`~streams.state.PartitionStore.put_many`); a tumbling
+        table's entries come packed from its kernel and go there without a
+        Python step per key.
+        """
         n = 0
         for p in self._plan:
             table = p[3]
@@ -1400,14 +1409,22 @@ class Windows:
                     n += 1
                 table.bound(self.max_cached)
                 continue
-            for key, start, count, total, lo, hi in table.take_dirty():
-                put(key, orjson.dumps([start, count, total, lo if count else None, hi if count else None]))
-                n += 1
+            entries = table.take_dirty_packed()
+            if put_many is not None:
+                put_many(entries)
+            else:
+                for key_bytes, raw in entries:
+                    put(key_bytes.decode("utf-8"), raw)
+            n += len(entries)
             if len(table) > self.max_cached:
                 table.clear()
         return n
 
     @staticmethod
     def decode(raw: bytes) -> tuple[int, int, float, float, float]:
+        """A tumbling window's stored state: packed (``b"T"`` + ``<qqddd``, since 2026-11-27), or
+        the JSON ``[start, count, sum, min or null, max or null]`` stores written before hold."""
+        if len(raw) == 41 and raw[0] == 0x54:      # b"T"; JSON starts with "["
+            return _UNPACK_TUMBLING(raw)[1:]  # type: ignore[no-any-return]
         start, count, total, lo, hi = orjson.loads(raw)
         return (start, count, total, math.inf if lo is None else lo, -math.inf if hi is None else hi)

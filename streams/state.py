@@ -83,6 +83,10 @@ class PartitionStore:
     def put(self, key: str, value: bytes) -> None:
         self._dirty[key.encode()] = value
 
+    def put_many(self, entries: list[tuple[bytes, bytes]]) -> None:
+        """``put`` of many ``(UTF-8 key, value)`` pairs, in one dict update (no Python step per key)."""
+        self._dirty.update(entries)
+
     def delete(self, key: str) -> None:
         self._dirty[key.encode()] = _DELETED
 

@@ -10,6 +10,7 @@ STREAMSCORE_REQUIRE_NATIVE=1 is set.
 from __future__ import annotations
 
 import math
+import struct
 import threading
 
 import numpy as np
@@ -26,6 +27,7 @@ from tests.unit.ext_backends import (
     ref,
 )
 from tests.unit.ext_backends import require_native as _require_native
+
 I64_MIN = -(1 << 63)
 I64_MAX = (1 << 63) - 1
 INF = math.inf
@@ -180,8 +182,13 @@ def test_update_many_parity_and_brute_force(stream, data):
         assert tables[native].late == tables[ref].late
         assert len(tables[native]) == len(tables[ref])
         if data.draw(st.booleans()):
-            d_n, d_r = tables[native].take_dirty(), tables[ref].take_dirty()
-            assert_same_dirty(d_n, d_r, "take_dirty")
+            if data.draw(st.booleans()):   # packed: the same bytes, the take_dirty rows packed
+                p_n, p_r = tables[native].take_dirty_packed(), tables[ref].take_dirty_packed()
+                assert p_n == p_r
+                d_r = [(k.decode(), *struct.unpack("<cqqddd", v)[1:]) for k, v in p_r]
+            else:
+                d_n, d_r = tables[native].take_dirty(), tables[ref].take_dirty()
+                assert_same_dirty(d_n, d_r, "take_dirty")
             taken.update((row[0], row) for row in d_r)
     rows = {mod: np.concatenate(o) if o else np.empty((0, 5)) for mod, o in outs.items()}
     exp_rows, exp_late, exp_dirty = brute_force(keys, ts.tolist(), vals.tolist(), has.tolist(), size)

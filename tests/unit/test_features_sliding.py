@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import struct
 
 import numpy as np
 import orjson
@@ -338,7 +339,25 @@ def test_tumbling_outputs_unchanged_by_kernels_argument(backend):
     assert [list(g.values()) for g in got] == rows.tolist()
     assert late == table.late
     for key, start, count, total, lo, hi in table.take_dirty():
-        assert store[key] == orjson.dumps([start, count, total, lo if count else None, hi if count else None])
+        assert store[key] == struct.pack("<cqqddd", b"T", start, count, total, lo, hi)
+
+
+def test_tumbling_state_in_the_json_format_of_older_stores_still_loads(backend):
+    """Stores written before the packed format hold [start, count, sum, min or null, max or null]:
+    a worker upgraded onto one continues its windows exactly."""
+    spec = WindowSpec(key="k", field="x", size_ms=100, aggs=("count", "sum", "mean", "min", "max"))
+    events = random_stream(6, 600, disorder=150)
+    whole, _, _, _ = run(spec, events, backend, batches=[300, 300])
+    first, _, w, store = run(spec, events[:300], backend, batches=[300])
+    w.flush(store.__setitem__)
+    old = {}
+    for key, raw in store.items():                       # rewrite the state as an older store held it
+        start, count, total, lo, hi = struct.unpack("<cqqddd", raw)[1:]
+        old[key] = orjson.dumps([start, count, total, lo if count else None, hi if count else None])
+    w2 = Windows([spec], kernels=backend)
+    docs = [{"k": k, "x": v} if v is not None else {"k": k} for k, _, v in events[300:]]
+    second = w2.update_batch(docs, [t for _, t, _ in events[300:]], old.get)
+    assert first + second == whole
 
 
 def test_sliding_distinct_state_stays_bounded(backend):
