@@ -85,6 +85,7 @@ class Codec:
         self.spec = spec
         self.max_bytes = max_bytes
         self._numeric = spec.numeric
+        self._numeric_set = frozenset(spec.numeric)   # isdisjoint(doc): a label carries none of them
         self._categorical = spec.categorical
         self._optional = spec.optional
         self._entity_keys = tuple(dict.fromkeys(w.key for w in spec.windows))
@@ -163,7 +164,7 @@ class Codec:
         y = doc[self._label_f]
         ty = type(y)
         if (type(eid) is not str or not eid or not (ty is int or (ty is float and math.isfinite(y)))
-                or any(f in doc for f in self._numeric)):
+                or not self._numeric_set.isdisjoint(doc)):
             return self._decode_checked(doc, key)
         k = doc.get(self._key_f) if self._key_f is not None else None
         if k is None:
