@@ -13,7 +13,9 @@ belongs to ``[ts - ts % size, ts - ts % size + size)``; its features include
 the event. An event older than its entity's current window (out of order
 beyond the window) is *late*: it is counted and not applied, and gets the
 features of the current window. Aggregations: count, sum, mean, min, max.
-State: ``ext.TumblingTable`` (four numbers per entity). A tumbling window
+State: ``ext.TumblingTable`` (start and four numbers per entity, stored as
+41 packed bytes written by the kernel; JSON in stores from before
+2026-11-27, still read). A tumbling window
 with ``grace_ms`` or with var, std or distinct is computed as the hopping
 window with ``hop_ms = size_ms`` (below; the same windows): it keeps each
 window still open to late events, and an event within grace is applied to
