@@ -67,7 +67,7 @@ import math
 import operator
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,8 @@ from torch import nn
 from ext import hash_strings
 from models.base import Features
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "DeepModel", "DeepParams", "load_checkpoint", "resolve_device"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "DeepModel", "DeepParams", "load_checkpoint", "numeric_matrix",
+           "resolve_device"]
 
 #: ``state()["format"]`` and ``state()["format_version"]`` of the checkpoints this module writes.
 FORMAT = "streamscore.deep.wide_deep"
@@ -221,6 +222,27 @@ def _to_float(v: Any) -> float:
         return math.nan
 
 
+def numeric_matrix(xs: Sequence[Features], fields: Sequence[str],
+                   getter: Callable[[Features], Any] | None = None) -> np.ndarray:
+    """The ``fields`` of the dicts ``xs`` as a float64 matrix (a row per dict): NaN where a value is
+    missing or not a number, numeric strings parsed. ``getter``: ``operator.itemgetter(*fields)``,
+    if the caller keeps one (a one-field getter gives a scalar, not a tuple)."""
+    n_num = len(fields)
+    if getter is None:
+        getter = operator.itemgetter(*fields) if fields else (lambda x: ())
+    num: np.ndarray | None = None
+    try:   # every row has every field (the usual case): one C call per row
+        rows = list(map(getter, xs))
+    except KeyError:
+        rows = [[x.get(f) for f in fields] for x in xs]
+    with contextlib.suppress(TypeError, ValueError, OverflowError):
+        num = np.array(rows, dtype=np.float64)   # None -> NaN; numeric strings parsed
+    if num is None or num.shape != ((len(xs), n_num) if n_num != 1 else (len(xs),)):
+        # a value numpy cannot convert: go value by value
+        num = np.array([_to_float(x.get(f)) for x in xs for f in fields], dtype=np.float64)
+    return num.reshape(len(xs), n_num)
+
+
 def _cpu_copy(obj: Any) -> Any:
     """A deep copy of ``obj`` with every tensor detached, on the CPU and cloned."""
     if isinstance(obj, torch.Tensor):
@@ -347,7 +369,7 @@ class DeepModel:
         window kernels; then only the categorical fields are read from ``xs``.
         """
         if num is None:
-            num = self._numeric_of(xs)
+            num = numeric_matrix(xs, self.numeric, self._getter)
         n_cat = len(self.categorical)
         flat = np.full(len(xs) * n_cat, self._missing_bucket, dtype=np.int64)
         if n_cat:
@@ -364,21 +386,6 @@ class DeepModel:
                 flat[where] = hash_strings(strings, self.params.buckets)
         cat = flat.reshape(len(xs), n_cat) + self._offsets
         return num, cat
-
-    def _numeric_of(self, xs: Sequence[Features]) -> np.ndarray:
-        """The numeric fields of ``xs`` as a float64 matrix (NaN if missing)."""
-        n_num = len(self.numeric)
-        num: np.ndarray | None = None
-        try:   # every row has every field (the usual case): one C call per row
-            rows = list(map(self._getter, xs))
-        except KeyError:
-            rows = [[x.get(f) for f in self.numeric] for x in xs]
-        with contextlib.suppress(TypeError, ValueError, OverflowError):
-            num = np.array(rows, dtype=np.float64)   # None -> NaN; numeric strings parsed
-        if num is None or num.shape != ((len(xs), n_num) if n_num != 1 else (len(xs),)):
-            # a value numpy cannot convert: go value by value
-            num = np.array([_to_float(x.get(f)) for x in xs for f in self.numeric], dtype=np.float64)
-        return num.reshape(len(xs), n_num)
 
     @staticmethod
     def _standardise(num: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -458,7 +465,7 @@ class DeepModel:
             if any(r is not None for r in rows):      # rows given for some: encode only the others
                 missing = [i for i, r in enumerate(rows) if r is None]
                 if missing:
-                    for i, r in zip(missing, self._numeric_of([xs[i] for i in missing])):
+                    for i, r in zip(missing, numeric_matrix([xs[i] for i in missing], self.numeric, self._getter)):
                         rows[i] = r
                 num = np.array(rows, dtype=np.float64).reshape(len(rows), len(self.numeric))
             self._add(xs, ys, num)

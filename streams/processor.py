@@ -52,6 +52,7 @@ import orjson
 from models import build_model, persistence
 from models.base import ModelSpec
 from models.blend import Blend
+from models.deep import numeric_matrix
 from models.evaluate import prequential_for
 from models.rules import RuleSet
 from streams.features import Windows
@@ -180,7 +181,7 @@ class PartitionProcessor:
         self._rows: dict[str, Any] = {}
         self._rows_ok = bool(self.batch_models) and self.windows is not None and all(
             tuple(m.numeric) == spec.model_numeric for m in self.batch_models)
-        self._x_getter = operator.itemgetter(*spec.numeric) if spec.numeric else None
+        self._x_getter = operator.itemgetter(*spec.numeric) if spec.numeric else (lambda x: ())
         #: dedupe retention (streams/retention.py): event ids forgotten ``dedupe_ttl_ms`` of event
         #: time after their event; 0: remembered for ever
         self._retention: DedupeRetention | None = None
@@ -349,27 +350,16 @@ class PartitionProcessor:
         return dict(zip(new, feats)), matrix
 
     def _model_rows(self, decoded: Sequence[Decoded], new: Sequence[int], matrix: Any) -> Any:
-        """The new events' numeric model inputs (``spec.model_numeric``) as a float matrix, or None.
+        """The new events' numeric model inputs (``spec.model_numeric``) as a float matrix.
 
         Why: the torch models read them from here instead of from each event's
         dict (20 lookups a row, twice: to score and to train); the window
-        features are a matrix already. The same float64 values as the dicts
-        hold, NaN where a dict has none, so the same scores.
+        features are a matrix already. The same float64 values as a model reads
+        from the dicts (``models.deep.numeric_matrix`` either way), NaN where a
+        dict has none, so the same scores.
         """
-        numeric = self.spec.numeric
         xs = [decoded[i].x for i in new]
-        try:
-            if len(numeric) == 0:
-                head = np.empty((len(xs), 0))
-            else:
-                try:
-                    vals = list(map(self._x_getter, xs))
-                except KeyError:                  # an optional field absent: NaN
-                    vals = [[x.get(f) for f in numeric] for x in xs]  # type: ignore[union-attr]
-                head = np.array(vals, dtype=np.float64).reshape(len(xs), len(numeric))
-        except (TypeError, ValueError):           # not a number: the models read the dicts
-            return None
-        return np.hstack([head, matrix])
+        return np.hstack([numeric_matrix(xs, self.spec.numeric, self._x_getter), matrix])  # type: ignore[arg-type]
 
     def _torch_steps(self) -> tuple[int, ...]:
         return tuple(m.steps for m in self.batch_models)
