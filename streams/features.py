@@ -1340,7 +1340,7 @@ class Windows:
         them from there without a dict lookup per value)."""
         n = len(events)
         if not n:
-            return [], np.empty((0, sum(len(s.names) for s in self.specs)))
+            return [], np.empty((0, len(self.names)))
         ts_arr = np.fromiter(ts, dtype=np.int64, count=n)
         entity: dict[str, list[str]] = {}
         raw_values: dict[str, list[object]] = {}
