@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 #: Run names, in the order they run (benchmarks/targets.py defines each).
-RUN_NAMES: tuple[str, ...] = ("raw", "faust_naive", "windowed", "full", "full_2workers")
+RUN_NAMES: tuple[str, ...] = ("raw", "faust_naive", "windowed", "full", "full_2workers", "full_online")
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results" / "latest.json"
 MARKDOWN = BENCH_DIR.parent / "BENCHMARKS.md"
@@ -23,8 +23,10 @@ Runs (--only):
   raw            confluent-kafka consumer + orjson + dict, one process
   faust_naive    faust agent per event, RocksDB table, await send() (subset)
   windowed       streamscore worker, benchmarks/pipelines/windowed.toml
-  full           streamscore worker, benchmarks/pipelines/full.toml (9 windows, LR, torch, blend, rules)
+  full           streamscore worker, benchmarks/pipelines/full.toml (9 windows, LR, torch, blend, rules;
+                 the torch model frozen: trained offline, deployed before the run)
   full_2workers  two workers of `full` in one consumer group
+  full_online    `full` with the torch model trained online too (full_online.toml)
 
 Per run: events/s (median of --repeat runs, from the Kafka timestamps of the
 first and last output), CPU % (sum over its processes, 100 = one core), peak

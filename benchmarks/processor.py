@@ -40,7 +40,8 @@ from streams.processor import PartitionProcessor, Record
 from streams.spec import load_spec
 from streams.state import PartitionStore
 
-PIPELINES = {"full": "benchmarks/pipelines/full.toml", "windowed": "benchmarks/pipelines/windowed.toml"}
+PIPELINES = {"full": "benchmarks/pipelines/full.toml", "full_online": "benchmarks/pipelines/full_online.toml",
+             "windowed": "benchmarks/pipelines/windowed.toml"}
 
 
 def run(pipeline: str, events: int = 40_000, batches: Sequence[int] = (2, 10, 50, 400, 2000),
@@ -81,7 +82,7 @@ def run(pipeline: str, events: int = 40_000, batches: Sequence[int] = (2, 10, 50
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.processor", description=__doc__.split("\n\n>>>")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pipeline", default="full", help="full, windowed, or a pipeline file. Default: full.")
+    ap.add_argument("--pipeline", default="full", help="full, full_online, windowed, or a pipeline file. Default: full.")
     ap.add_argument("--events", type=int, default=40_000, help="Events of the workload. Default: 40,000.")
     ap.add_argument("--batches", default="2,10,50,400,2000",
                     help="Micro-batch sizes in records, comma-separated. Default: 2,10,50,400,2000.")

@@ -224,6 +224,7 @@ class _WorkerInstance(Instance):
                 pipeline=self.pipeline, partitions=self.partitions,
                 state_dir=self.workdir / f"{self.tag}-state{i}", web_port=free_port(),
                 metrics_port=free_port(), session_timeout_s=6.0, log_level="warning",
+                checkpoint_dir=self.workdir / "checkpoints",
                 **self.overrides))  # type: ignore[arg-type] - strings, coerced by Settings
         s = self.settings[0]
         self.input_topic = s.topic("events")
@@ -241,8 +242,11 @@ class _WorkerInstance(Instance):
         create_topics(self.broker, all_topics(self.settings[0]))
 
     def start(self, expected_records: int, expected_outputs: int) -> None:
+        from benchmarks.pretrain import deploy_pretrained
         from streams.demo import start_worker
 
+        # frozen torch models start from weights trained offline, as in production (once per work dir)
+        deploy_pretrained(self.pipeline, self.settings[0].checkpoints)
         self._expected_records = expected_records
         self.logs = [self.workdir / f"{self.tag}-worker{i}.log" for i in range(self.workers)]
         self.procs = [start_worker(s, log) for s, log in zip(self.settings, self.logs)]
@@ -299,4 +303,6 @@ TARGETS: dict[str, Target] = {
                          "events+labels", FULL_WINDOWS, scored=True, pipeline="full.toml"),
     "full_2workers": WorkerTarget("full_2workers", "2 streamscore workers of `full`, one group",
                                   "events+labels", FULL_WINDOWS, scored=True, pipeline="full.toml", workers=2),
+    "full_online": WorkerTarget("full_online", "`full` with the torch model trained online too (a step / 256 labels)",
+                                "events+labels", FULL_WINDOWS, scored=True, pipeline="full_online.toml"),
 }

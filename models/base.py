@@ -37,3 +37,8 @@ class ModelSpec:
     kind: str
     params: Mapping[str, Any] = field(default_factory=dict)
     shadow: bool = False    # a challenger: scored and evaluated, never part of the published decision
+    #: False: a frozen model. It scores every event and is evaluated on every label, but the
+    #: stream's labels never train it; its weights change only when a trained checkpoint is
+    #: deployed (hot swap). The usual way to serve a deep model trained offline
+    #: (``streamscore train``), and it spares the worker the training steps.
+    learn: bool = True

@@ -146,6 +146,9 @@ class PartitionProcessor:
         self.classifies = spec.task == "classification"
         #: torch models: ``predict_proba_many`` over a micro-batch's new events; the rest score event by event
         self.batch_models = [m for m in self.models if hasattr(m, "predict_proba_many")]
+        #: the models the labels train (``learn = false`` in the spec: a frozen model, scored and evaluated only)
+        self._frozen = frozenset(m.name for m in spec.models if not m.learn)
+        self._relist()
         self.champion = next(m for m in self.models if m.name == spec.champion.name) if self.models else None
         self.decision = spec.decision_name if self.models else "features"
         self.blend = Blend(spec.blend, [m.name for m in spec.deciders]) if spec.blend is not None else None
@@ -219,6 +222,7 @@ class PartitionProcessor:
                     models[models.index(m)] = new
                 if self.champion is m:
                     self.champion = new
+                self._relist()
             elif "policy" in snap:
                 m.policy, m.n_learned = snap["policy"], snap["n_learned"]
             else:
@@ -228,6 +232,11 @@ class PartitionProcessor:
         if self.blend is not None and (blob := self.store.get(self._snapshot_keys["blend"])) is not None:
             snap = persistence.loads(blob, self.snapshot_key)
             self.blend, self.prequential["blend"] = snap["blend"], snap["prequential"]
+
+    def _relist(self) -> None:
+        """The lists of learning models, after ``self.models`` changed."""
+        self.learners = [m for m in self.models if m.name not in self._frozen]
+        self.batch_learners = [m for m in self.batch_models if m.name not in self._frozen]
 
     def _snapshot(self) -> None:
         assert self.snapshot_key is not None
@@ -376,7 +385,9 @@ class PartitionProcessor:
         it, a provisional or timed-out label), and then it is scored again,
         so scores never depend on it.
         """
-        need = min(m.until_step for m in self.batch_models)
+        if not self.batch_learners:        # frozen torch models: no step can come
+            return k + TORCH_CHUNK
+        need = min(m.until_step for m in self.batch_learners)
         at = bisect.bisect_right(labels_at, i) + need - 1
         if at >= len(labels_at):
             return k + TORCH_CHUNK
@@ -630,7 +641,8 @@ class PartitionProcessor:
         logged = x.get(self.spec.bandit_arm)  # type: ignore[arg-type]
         for m in self.models:
             self.prequential[m.name].update(m.reward(y), actions[m.name], logged)
-            m.learn(actions[m.name], x, y)
+            if m.name not in self._frozen:
+                m.learn(actions[m.name], x, y)
         self._learned_since_snapshot = True
         self._close(eid)
         self.store.put("y:" + eid, marker)
@@ -662,7 +674,7 @@ class PartitionProcessor:
 
     def _train(self, x: dict[str, Any], scores: dict[str, float], y: float, eid: str = "") -> None:
         row = self._rows.get(eid) if self._rows else None
-        for m in self.models:
+        for m in self.learners:
             if row is not None and m in self.batch_models:
                 m.learn_one(x, y, row)        # the same numbers as x's, read without a lookup each
             else:

@@ -133,15 +133,17 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
         if not isinstance(m.get("params", {}), dict):
             raise SpecError(f"{source}: model {m.get('name')!r}: params must be a table, e.g. params = {{ lr = 0.01 }}")
     for m in models_doc:
-        if unknown := set(m) - {"name", "kind", "params", "shadow"}:
+        if unknown := set(m) - {"name", "kind", "params", "shadow", "learn"}:
             raise SpecError(f"{source}: model {m.get('name')!r}: unknown key(s) {sorted(unknown)}")
-        if not isinstance(m.get("shadow", False), bool):
-            raise SpecError(f"{source}: model {m.get('name')!r}: shadow must be true or false")
+        for flag in ("shadow", "learn"):
+            if not isinstance(m.get(flag, flag == "learn"), bool):
+                raise SpecError(f"{source}: model {m.get('name')!r}: {flag} must be true or false")
     models = tuple(
         ModelSpec(name=_require(m, "name", f"{source} [[models]]"),
                   kind=_require(m, "kind", f"{source} [[models]]"),
                   params=dict(m.get("params", {})),
-                  shadow=m.get("shadow", False))
+                  shadow=m.get("shadow", False),
+                  learn=m.get("learn", True))
         for m in models_doc
     )
     if len({m.name for m in models}) != len(models):

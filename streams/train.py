@@ -15,6 +15,7 @@ gain over a constant predictor is visible before deploying.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,9 +57,12 @@ def train(spec: PipelineSpec, data: str | Path, *, out: Path | None = None, chec
     ``out`` is the checkpoint file when the pipeline has one torch model (a
     directory when it has several); by default each goes to
     ``checkpoints/PIPELINE/MODEL.pt``, the path a running worker hot-swaps from.
+    Models marked ``learn = false`` (frozen in the stream) are trained too:
+    this is where their weights come from.
     """
     if not spec.models:
         raise ValueError(f"pipeline {spec.name!r} has no models to train")
+    spec = dataclasses.replace(spec, models=tuple(dataclasses.replace(m, learn=True) for m in spec.models))
     with tempfile.TemporaryDirectory(prefix="streamscore-train-") as tmp:
         proc = PartitionProcessor(spec, PartitionStore(Path(tmp) / "state"), partition=0, device=device)
         events = labels = timed_out = dlq = 0

@@ -190,6 +190,54 @@ def test_hot_swap_changes_weights_and_version_between_batches(tmp_path: Path) ->
         live.swap_weights("nope", ckpt)
 
 
+def test_a_frozen_model_scores_and_is_evaluated_but_learns_only_from_a_deployed_checkpoint(tmp_path: Path) -> None:
+    """``learn = false``: the stream's labels evaluate the model and train the others, never it."""
+    frozen = (LR + DEEP).replace('kind = "wide_deep"', 'kind = "wide_deep"\nlearn = false')
+    spec = spec_of(frozen + "\n[blend]\npolicy = \"weighted\"\n")
+    assert [m.learn for m in spec.models] == [True, False]
+    p = proc(spec, tmp_path / "s")
+    deep = p.batch_models[0]
+    before = {k: v.clone() for k, v in deep.module.state_dict().items()}
+    s0 = preds(p.process("events", recs(ev(1000))))[0]["scores"]["deep"]
+    for lo in range(0, 40, 10):
+        p.process("events", recs(*[ev(i) for i in range(lo, lo + 10)]))
+        p.process("labels", recs(*[lab(i, 1) for i in range(lo, lo + 10)]))
+    assert deep.steps == 0 and deep.n_learned == 0 and deep.n_pending == 0
+    assert all((deep.module.state_dict()[k] == v).all() for k, v in before.items())
+    assert p.models[0].n_learned == 40                      # the River model learns as usual
+    assert p.prequential["deep"].state()["n"] == 40         # and the frozen one is evaluated on every label
+    same = preds(p.process("events", recs(ev(1001, **{k: ev(1000)[k] for k in ("a", "b", "c")}))))[0]
+    assert same["scores"]["deep"] == s0 and same["model_version"].startswith("lr@40+deep@0")
+    # its weights come from a checkpoint trained elsewhere (streamscore train), swapped in between batches
+    trainer = proc(spec_of(LR + DEEP), tmp_path / "t")
+    trainer.process("events", recs(*[ev(i) for i in range(40)]))
+    trainer.process("labels", recs(*[lab(i, 1) for i in range(40)]))
+    assert p.swap_weights("deep", trainer.batch_models[0].state()) == "deep@10"
+    after = preds(p.process("events", recs(ev(1002, **{k: ev(1000)[k] for k in ("a", "b", "c")}))))[0]
+    assert after["scores"]["deep"] > s0
+    p.process("labels", recs(lab(1002, 1)))
+    assert p.batch_models[0].steps == 10 and p.batch_models[0].n_pending == 0   # still frozen after the swap
+
+
+def test_streamscore_train_trains_a_model_the_stream_does_not(tmp_path: Path) -> None:
+    """``learn = false`` freezes a model in the stream only: offline training is where its weights come from."""
+    from streams.train import train
+
+    spec = spec_of((LR + DEEP).replace('kind = "wide_deep"', 'kind = "wide_deep"\nlearn = false'))
+    data = tmp_path / "s.jsonl"
+    lines = [{"topic": "events", "key": "k", "value": ev(i)} for i in range(40)]
+    lines += [{"topic": "labels", "key": "k", "value": lab(i, 1)} for i in range(40)]
+    data.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
+    report = train(spec, data, out=tmp_path / "deep.pt")
+    assert report["models"]["deep"]["version"] == "deep@10" and (tmp_path / "deep.pt").exists()
+    assert spec.models[1].learn is False                    # the caller's spec is left as it was
+
+
+def test_learn_must_be_a_boolean() -> None:
+    with pytest.raises(SpecError, match="learn must be true or false"):
+        spec_of(LR.replace('kind = "logistic_regression"', 'kind = "logistic_regression"\nlearn = "no"'))
+
+
 # -- blend, rules, shadows --------------------------------------------------------------
 BLEND = LR + DEEP + """
 [[models]]
