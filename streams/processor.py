@@ -591,7 +591,9 @@ class PartitionProcessor:
         if marker == b"d":                       # its deadline passed first: a late label
             stats.labels_late += 1
             return
-        if found is not None or marker is not None or eid in self._waiting:
+        # a stored prediction with no open features: its event was labelled (or closed) already
+        if (found is not None or marker is not None or eid in self._waiting
+                or (self.models and store.get("p:" + eid) is not None)):
             self._dlq(Reason.DUPLICATE_LABEL.value, f"event {eid!r} already has a label", topic, rec, out,
                       stats, eid)
             return
@@ -618,7 +620,8 @@ class PartitionProcessor:
             self._train(doc["x"], doc["s"], y, eid)
         self._open[eid] = ({**doc, "y": y}, on_disk)
 
-    def _learn(self, eid: str, x: dict[str, Any], scores: dict[str, float], y: float, marker: bytes = b"1") -> None:
+    def _learn(self, eid: str, x: dict[str, Any], scores: dict[str, float], y: float,
+               marker: bytes | None = None) -> None:
         if self.bandit:
             self._reward(eid, x, scores, y, marker)
             return
@@ -630,13 +633,16 @@ class PartitionProcessor:
         if not (self._provisional and y == self.spec.label_default):   # already learned at scoring time
             self._train(x, scores, y, eid)
         self._learned_since_snapshot = True
-        # the feature snapshot has served its purpose: keep only a small "labelled" marker
+        # the feature snapshot has served its purpose. Labelled is what state says by a stored
+        # prediction ("p:") with no open features ("e:"): no marker of its own, one write less per
+        # event. Only a timeout's default leaves one, "y:" = b"d": a real label after it is late.
         self._close(eid)
         if self._timeout is not None:
             self.store.delete("t:" + eid)
-        self.store.put("y:" + eid, marker)      # b"d": labelled by the timeout
+        if marker is not None:
+            self.store.put("y:" + eid, marker)
 
-    def _reward(self, eid: str, x: dict[str, Any], actions: dict[str, Any], y: float, marker: bytes) -> None:
+    def _reward(self, eid: str, x: dict[str, Any], actions: dict[str, Any], y: float, marker: bytes | None) -> None:
         """A bandit's reward: counted if the policy chose the logged action, and learned then (replay)."""
         logged = x.get(self.spec.bandit_arm)  # type: ignore[arg-type]
         for m in self.models:
@@ -645,7 +651,8 @@ class PartitionProcessor:
                 m.learn(actions[m.name], x, y)
         self._learned_since_snapshot = True
         self._close(eid)
-        self.store.put("y:" + eid, marker)
+        if marker is not None:
+            self.store.put("y:" + eid, marker)
 
     def _open_doc(self, eid: str) -> tuple[dict[str, Any], bool] | None:
         """The stored features and scores of a scored event not yet closed, and whether they are on disk."""
@@ -711,7 +718,7 @@ class PartitionProcessor:
     def flush(self) -> int:
         """Write window state and model snapshots, then every dirty key, in one RocksDB batch.
 
-        Models, windows, stored predictions and labelled markers are written
+        Models, windows, stored predictions and open or closed events are written
         together, so after a crash they agree with each other and with the
         committed offsets (which faust writes only after this).
         """

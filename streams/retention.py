@@ -1,8 +1,9 @@
 """How long a partition remembers an event id: dedupe retention in event time.
 
 Why: every scored event leaves its stored prediction (``p:<id>``, the answer
-to a redelivery) and, once labelled, a marker (``y:<id>``) in the partition's
-state, and in its changelog; a label whose event has not come waits as
+to a redelivery; with no open features ``e:<id>`` left, it also says the event
+was labelled) in the partition's state, and in its changelog (an event given a
+label timeout's default keeps a marker ``y:<id>`` too); a label whose event has not come waits as
 ``l:<id>`` (and is remembered here by the label's ts). Kept for ever, they grow with the stream: at
 100,000 events/s, billions of keys a day. With a retention of ``ttl_ms``, an
 event id is forgotten once the partition's event-time watermark (the largest

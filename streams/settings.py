@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     dedupe_ttl_s: float = Field(
         0.0, ge=0,
         description="Event-time seconds an event id is remembered after its event: its stored prediction "
-                    "(the answer to a redelivery) and labelled marker are deleted once the partition's "
+                    "(the answer to a redelivery, and the proof of a label) is deleted once the partition's "
                     "newest event is this much later, so state stays bounded. A redelivery or label later "
                     "than that is treated as new. 0: remembered for ever.")
     standby_interval_s: float = Field(

@@ -252,6 +252,15 @@ def test_second_label_goes_to_dlq(tmp_path: Path) -> None:
     assert orjson.loads(d["value"]) == lab(0, 0)
     assert n_learned(p) == 1 and p.prequential["lr"].n == 1
     assert dict(p.last_stats.dlq or {}) == {"duplicate_label": 1}
+    # after a flush, and after a restart, state alone says e0 is labelled: its stored prediction
+    # with no open features (there is no marker of its own)
+    p.flush()
+    assert [k for k, _ in p.store.scan("e:")] == [] and [k for k, _ in p.store.scan("y:")] == []
+    assert [d["reason"] for d in dlqs(p.process("labels", recs(lab(0, 1))))] == ["duplicate_label"]
+    p.close()
+    q = make_proc(tmp_path / "p")
+    assert [d["reason"] for d in dlqs(q.process("labels", recs(lab(0, 1))))] == ["duplicate_label"]
+    assert q.last_stats.labels_pending == 0 and [k for k, _ in q.store.scan("l:")] == []
 
 
 def test_second_pending_label_goes_to_dlq(tmp_path: Path) -> None:

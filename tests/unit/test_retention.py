@@ -65,7 +65,8 @@ def test_ids_are_forgotten_after_the_retention_and_state_stays_bounded(tmp_path:
     # kept: at least the last TTL of event time; at most one bucket (TTL/16) more
     assert {f"e{i}" for i in range(newest - 59, newest + 1)} <= held
     assert len(held) <= 60 + 60 // 16 + 2, len(held)
-    assert {k[2:] for k in state_keys(p, "y:")} == held
+    # every kept event is labelled: its stored prediction and nothing else (no open features, no marker)
+    assert state_keys(p, "e:") == set() and state_keys(p, "y:") == set()
     assert max(sizes[3:]) - min(sizes[3:]) <= 10, sizes           # flat once a retention span is held
 
     # a redelivery inside the retention is answered from state; one past it is scored as new
@@ -89,7 +90,7 @@ def test_a_restart_expires_the_same_ids(tmp_path: Path) -> None:
     parts = proc(tmp_path / "parts")
     parts.process("events", records(docs[cut:], cut))
     parts.flush()
-    for prefix in ("p:", "y:", "x:", "w:"):
+    for prefix in ("p:", "e:", "y:", "x:", "w:"):
         assert state_keys(parts, prefix) == state_keys(whole, prefix), prefix
     whole.close()
     parts.close()
@@ -175,5 +176,5 @@ def test_a_label_whose_event_never_comes_is_forgotten_too(tmp_path: Path) -> Non
     p.process("events", records([early, event(200)], 1 + len(docs)))
     assert p.last_stats.labels_joined + p.last_stats.labels_pending >= 1
     p.flush()
-    assert state_keys(p, "l:") == set() and "y:e200" in state_keys(p, "y:")
+    assert state_keys(p, "l:") == set() and "p:e200" in state_keys(p, "p:") and state_keys(p, "e:") == set()
     p.close()
