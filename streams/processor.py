@@ -385,8 +385,8 @@ class PartitionProcessor:
         it, a provisional or timed-out label), and then it is scored again,
         so scores never depend on it.
         """
-        if not self.batch_learners:        # frozen torch models: no step can come
-            return k + TORCH_CHUNK
+        if not self.batch_learners:        # frozen torch models: no step can come, one pass for the rest
+            return len(new)                # (the same bits as in chunks: rows padded to ROW_BLOCK)
         need = min(m.until_step for m in self.batch_learners)
         at = bisect.bisect_right(labels_at, i) + need - 1
         if at >= len(labels_at):

@@ -219,6 +219,28 @@ def test_a_frozen_model_scores_and_is_evaluated_but_learns_only_from_a_deployed_
     assert p.batch_models[0].steps == 10 and p.batch_models[0].n_pending == 0   # still frozen after the swap
 
 
+def test_a_frozen_model_scores_a_whole_batch_in_one_pass_with_the_same_bits(tmp_path: Path) -> None:
+    """No step can come, so one forward pass per batch: the scores of events one at a time, bit for bit."""
+    spec = spec_of((LR + DEEP).replace('kind = "wide_deep"', 'kind = "wide_deep"\nlearn = false'))
+    trainer = proc(spec_of(LR + DEEP), tmp_path / "t")
+    trainer.process("events", recs(*[ev(i) for i in range(40)]))
+    trainer.process("labels", recs(*[lab(i, i % 2) for i in range(40)]))
+    ckpt = trainer.batch_models[0].state()
+    docs = [ev(i, a=(i % 97) / 9.0, b=float(i % 13)) for i in range(100, 1300)]
+    whole, single = proc(spec, tmp_path / "w"), proc(spec, tmp_path / "s")
+    for p in (whole, single):
+        p.swap_weights("deep", ckpt)
+    passes = []
+    model = whole.batch_models[0]
+    real = model.predict_proba_many
+    model.predict_proba_many = lambda xs, num=None: passes.append(len(xs)) or real(xs, num)  # type: ignore[method-assign]
+    at_once = preds(whole.process("events", recs(*docs)))
+    one_by_one = [d for doc in docs for d in preds(single.process("events", recs(doc)))]
+    assert passes == [len(docs)]
+    assert [d["scores"]["deep"] for d in at_once] == [d["scores"]["deep"] for d in one_by_one]
+    assert len({d["scores"]["deep"] for d in at_once}) > 100        # the weights are not a constant
+
+
 def test_streamscore_train_trains_a_model_the_stream_does_not(tmp_path: Path) -> None:
     """``learn = false`` freezes a model in the stream only: offline training is where its weights come from."""
     from streams.train import train
