@@ -330,6 +330,26 @@ def test_dumps_loads_round_trip_continues_identically(data: Any) -> None:
     assert_same(restored_from_dict.state(), m.state())
 
 
+def test_dumps_is_kept_while_the_model_is_unchanged_and_follows_every_change(data: Any) -> None:
+    """A frozen model is snapshotted at every flush: its bytes are serialised once, not each time."""
+    xs, ys, _, _ = data
+    m = model()
+    m.learn_many(xs[:300], ys[:300])
+    first = m.dumps()
+    assert m.dumps() is first                              # nothing changed: the same bytes
+    m.learn_one(xs[300], ys[300])                          # a buffered example
+    second = m.dumps()
+    assert second != first and DeepModel.loads(second, device=CPU).n_pending == m.n_pending
+    m.learn_many(xs[301:600], ys[301:600])                 # steps
+    third = m.dumps()
+    assert DeepModel.loads(third, device=CPU).steps == m.steps > 0
+    other = model(seed=7)
+    other.learn_many(xs[:600], ys[:600])
+    m.load_weights_from(other.state())                     # a hot swap: same steps, new weights
+    swapped = DeepModel.loads(m.dumps(), device=CPU)
+    assert_same(swapped.module.state_dict(), other.module.state_dict())
+
+
 def test_save_load_checkpoint_round_trip_continues_identically(data: Any, tmp_path: Path) -> None:
     xs, ys, _, _ = data
     m = model()
