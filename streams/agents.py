@@ -534,12 +534,12 @@ class BatchScorer:
             outputs = proc.process(logical, records)
             produce = self.producer.produce
             topics = self._topics
-            for o in outputs:
+            for t, key, value in outputs:       # Output(topic, key, value), unpacked in C
                 try:
-                    produce(topics[o.topic], o.value, o.key, partition)
+                    produce(topics[t], value, key, partition)
                 except BufferError:
                     self.producer.poll(0.1)
-                    produce(topics[o.topic], o.value, o.key, partition)
+                    produce(topics[t], value, key, partition)
         except Exception as exc:
             self._fail(f"partition {partition}: {type(exc).__name__}: {exc}")
             raise
