@@ -23,16 +23,16 @@ from pathlib import Path
 
 from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
 
-_DELETED = object()
+_MISSING = object()
 
 #: Where a store keeps the changelog offset it includes (streams/changelog.py); sorts before every
 #: state key, and no prefix scan of state keys ("p:", "w...") can reach it.
 CHANGELOG_OFFSET = b"\x00changelog-offset"
 
 
-def _entries(writes: dict[bytes, object]) -> list[tuple[bytes, bytes | None]]:
-    """Pending writes as changelog entries (``None``: deleted)."""
-    return [(k, None if v is _DELETED else v) for k, v in writes.items()]  # type: ignore[misc]
+def _entries(writes: dict[bytes, bytes | None]) -> list[tuple[bytes, bytes | None]]:
+    """Pending writes as changelog entries (``None``: deleted, as pending writes hold it)."""
+    return list(writes.items())
 
 
 class PartitionStore:
@@ -63,21 +63,20 @@ class PartitionStore:
             no_wal = WriteOptions()
             no_wal.disable_wal = True
             self._db.set_write_options(no_wal)
-        self._dirty: dict[bytes, object] = {}
+        #: pending writes: value, or None for a delete (a changelog tombstone as it is)
+        self._dirty: dict[bytes, bytes | None] = {}
         self._staged: int | None = None       # changelog records sent for the dirty keys, not yet written
         #: the writes of a flush in flight (see :meth:`seal`): newer than the disk, older than ``_dirty``
-        self._sealed: dict[bytes, object] | None = None
+        self._sealed: dict[bytes, bytes | None] | None = None
         self._sealed_staged: int | None = None
 
     def get(self, key: str) -> bytes | None:
         k = key.encode()
-        v = self._dirty.get(k)
-        if v is None and self._sealed is not None:
-            v = self._sealed.get(k)
-        if v is _DELETED:
-            return None
-        if v is not None:
-            return v  # type: ignore[return-value]
+        v = self._dirty.get(k, _MISSING)
+        if v is _MISSING and self._sealed is not None:
+            v = self._sealed.get(k, _MISSING)
+        if v is not _MISSING:
+            return v  # type: ignore[return-value]   # None: deleted
         return self._db.get(k)
 
     def put(self, key: str, value: bytes) -> None:
@@ -88,7 +87,7 @@ class PartitionStore:
         self._dirty.update(entries)
 
     def delete(self, key: str) -> None:
-        self._dirty[key.encode()] = _DELETED
+        self._dirty[key.encode()] = None
 
     @property
     def pending(self) -> int:
@@ -168,7 +167,7 @@ class PartitionStore:
             return 0
         wb = WriteBatch(raw_mode=True)
         for k, v in writes.items():
-            if v is _DELETED:
+            if v is None:
                 wb.delete(k)
             else:
                 wb.put(k, v)
@@ -223,7 +222,7 @@ class PartitionStore:
         for layer in (self._sealed or {}, self._dirty):          # oldest first
             for k, v in layer.items():
                 if k.startswith(pre):
-                    if v is _DELETED:
+                    if v is None:
                         found.pop(k, None)
                     else:
                         found[k] = v  # type: ignore[assignment]
