@@ -349,6 +349,36 @@ def test_prequential_batches_equal_one_label_at_a_time_and_the_plain_formulas():
     assert batched.baseline_loss == baseline and batched.positives == positives == sum(ys)
 
 
+def test_prequential_drift_counts_equal_rivers_adwin_through_its_public_api():
+    """update_many drives ADWIN's helper directly; the detections must be River's own, in any batching."""
+    import random
+
+    from river import drift
+
+    from models.evaluate import Prequential
+
+    rnd = random.Random(5)
+    ys, ps = [], []
+    for phase in range(6):                  # the error rate jumps between 5 % and 60 % every 1,500 labels
+        err = 0.05 if phase % 2 == 0 else 0.6
+        for _ in range(1500):
+            y = rnd.random() < 0.5
+            right = rnd.random() >= err
+            ys.append(y)
+            ps.append(0.9 if y == right else 0.1)
+    reference, detections = drift.ADWIN(), 0
+    for y, p in zip(ys, ps):
+        reference.update(0.0 if (p > 0.5) == y else 1.0)
+        detections += reference.drift_detected
+    assert detections >= 3
+    for size in (1, 7, 500, len(ys)):
+        q = Prequential()
+        for i in range(0, len(ys), size):
+            q.update_many(ys[i:i + size], ps[i:i + size])
+        assert q.drifts == detections, size
+        assert q.drift.drift_detected == reference.drift_detected and q.drift.width == reference.width
+
+
 def test_prequential_snapshots_from_the_river_metrics_version_load():
     import pickle
 
