@@ -87,6 +87,25 @@ class Record(NamedTuple):
     timestamp: int          # Kafka record timestamp, epoch ms
 
 
+def _encoder() -> Callable[[Any], bytes]:
+    """msgspec's JSON encoder, writing into one reused buffer, then copied out at its exact size.
+
+    Why: ``Encoder.encode`` grows its output from a small buffer, reallocating
+    on the way to a prediction's ~1 KB; with a batch's outputs kept alive that
+    cost 2.35-2.6 µs a prediction, against 2.0-2.1 this way (same bytes; a
+    worker's predictions, 100k encodes kept alive as a batch keeps them). One
+    per processor: a partition is processed by one thread at a time.
+    """
+    encode_into = msgspec.json.Encoder().encode_into
+    buf = bytearray(4096)
+
+    def dumps(obj: Any) -> bytes:
+        encode_into(obj, buf)       # the buffer ends where the message ends
+        return bytes(buf)
+
+    return dumps
+
+
 #: ``_new(Output, (topic, key, value))``: a NamedTuple built in C (its ``__new__`` is Python code)
 _new = tuple.__new__
 
@@ -131,7 +150,7 @@ class PartitionProcessor:
         #: JSON of what is kept until the next flush (predictions, open events): msgspec's bytes
         #: are sized to fit, orjson's start at 1 KiB and are shrunk, and keeping tens of thousands
         #: of those made each encode ~2 µs instead of ~0.4 (heap fragmentation)
-        self._dumps = msgspec.json.Encoder().encode
+        self._dumps = _encoder()
         reco = (spec.user, spec.item) if spec.user and spec.item else None
         arms = (spec.bandit_arm, spec.bandit_arms, spec.reward_at_least) if spec.task == "bandit" else None
         self.models = [build_model(m, spec.model_numeric, spec.categorical, device=device, reco_fields=reco,

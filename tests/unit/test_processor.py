@@ -396,3 +396,16 @@ def test_tampered_or_foreign_snapshot_is_refused(tmp_path):
         PartitionProcessor(SPEC, PartitionStore(tmp_path / "s"), 0, snapshot_key=b"k" * 32)
     with pytest.raises(SnapshotError):
         PartitionProcessor(SPEC, PartitionStore(tmp_path / "s"), 0, snapshot_key=b"other key, 32 bytes long......")
+
+
+def test_the_reused_buffer_encoder_gives_msgspecs_bytes_at_any_size() -> None:
+    import msgspec
+
+    from streams.processor import _encoder
+
+    dumps = _encoder()
+    docs = [{"a": "x" * 10_000, "f": 0.1}, {"b": 1}, {"event_id": "e1", "features": {"k": 1e-7, "m": -0.0}},
+            {"s": "é" * 3000}, []]
+    outs = [dumps(d) for d in docs]
+    assert outs == [msgspec.json.encode(d) for d in docs]
+    assert all(type(o) is bytes for o in outs)     # copies: the buffer's next use changes none of them
