@@ -172,6 +172,13 @@ class PartitionProcessor:
         self.decision = spec.decision_name if self.models else "features"
         self.blend = Blend(spec.blend, [m.name for m in spec.deciders]) if spec.blend is not None else None
         self.rules = RuleSet(spec.rules, spec.rule_fields) if spec.rules else None
+        #: what the rules read, split by where it comes from: event fields and features, the decision's
+        #: score, each model's score (``score_<name>``); the rest of an event is not put in their context
+        score_names = {m.name: f"score_{m.name}" for m in spec.models}
+        used = self.rules.used if self.rules is not None else ()
+        self._rule_scores = [(k, n) for k, n in score_names.items() if n in used]
+        self._rule_score = "score" in used
+        self._rule_fields = [n for n in used if n != "score" and n not in score_names.values()]
         self.windows = Windows(spec.windows) if spec.windows else None
         names = [m.name for m in spec.models] + (["blend"] if self.blend is not None else [])
         self.prequential = {n: prequential_for(spec.task, spec.threshold) for n in names}
@@ -316,7 +323,7 @@ class PartitionProcessor:
                 if self._timeout is not None:
                     self._expire("event", d.ts, stats)
                 if self.batch_models and i in fresh:
-                    steps = self._torch_steps()
+                    steps = self._torch_steps() if self.batch_learners else ()    # frozen: no step
                     if i not in batch_scores or steps != scored_at:
                         k = position[i]
                         end = self._chunk_end(i, k, new, labels_at)
@@ -539,10 +546,11 @@ class PartitionProcessor:
         }
         if self.rules is not None:
             # what the rules read, no more: the event's fields and features, then the scores
-            ctx = {n: x[n] for n in self.rules.used if n in x}
-            ctx["score"] = score
-            for k, v in scores.items():
-                ctx["score_" + k] = v
+            ctx = {n: x[n] for n in self._rule_fields if n in x}
+            if self._rule_score:
+                ctx["score"] = score
+            for k, name in self._rule_scores:
+                ctx[name] = scores[k]
             final, cls, outcome = self.rules.apply(score, self.spec.threshold, ctx)
             if outcome.hits:
                 doc["score"] = final

@@ -311,6 +311,32 @@ action = "flag"
     assert p.last_stats.rule_hits == {"big_a": 1, "c_is_y": 1}
 
 
+def test_rules_read_the_decision_score_and_every_models_own_score(tmp_path: Path) -> None:
+    """``score`` is the decision's (the blend's), ``score_<model>`` each model's, shadows included."""
+    spec = spec_of(BLEND + """
+[[rules]]
+name = "blended"
+when = "score > 0.4 and score < 0.6"
+reason = "b"
+action = "flag"
+
+[[rules]]
+name = "models"
+when = "score_lr == 0.5 and score_deep == 0.5 and score_hat < 0.6 and b >= 0"
+reason = "m"
+action = "flag"
+
+[[rules]]
+name = "never"
+when = "score_lr > 0.6"
+reason = "n"
+action = "flag"
+""")
+    p = proc(spec, tmp_path / "s")
+    out = preds(p.process("events", recs(ev(1))))
+    assert out[0]["rules"] == ["blended", "models"] and p.last_stats.rule_hits == {"blended": 1, "models": 1}
+
+
 def test_a_rule_over_an_unknown_field_is_refused_at_load() -> None:
     with pytest.raises(SpecError, match="rules"):
         spec_of(LR + '\n[[rules]]\nname = "r"\nwhen = "nope > 1"\nreason = "x"\n')
