@@ -78,8 +78,8 @@ API
     with ``count == 0`` min/max are set to +inf/-inf; ``ValueError`` if the key
     already has state).  ``take_dirty() -> [(key, start, count, sum, min,
     max), ...]`` returns every dirty key's state in first-dirtied order and
-    clears the dirty set (write these to the store); ``take_dirty_packed()``
-    is the same as store entries, ``(key.encode(), b"T" + struct.pack("<qqddd",
+    clears the dirty set (write these to the store); ``take_dirty_packed(prefix=b"")``
+    is the same as store entries, ``(prefix + key.encode(), b"T" + struct.pack("<qqddd",
     start, count, sum, min, max))``.  ``clear()`` drops all
     state (cache eviction) and raises ``RuntimeError`` while dirty keys have
     not been taken.  ``late`` (rows not applied, cumulative, kept by

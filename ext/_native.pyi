@@ -105,9 +105,9 @@ class TumblingTable:
         (key, start, count, sum, min, max) of every dirty key, in first-dirtied order; clears the dirty set.
         """
 
-    def take_dirty_packed(self) -> list[tuple[bytes, bytes]]:
+    def take_dirty_packed(self, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
         """
-        take_dirty() as (UTF-8 key, b'T' + struct.pack('<qqddd', start, count, sum, min, max)) pairs: store entries.
+        take_dirty() as (prefix + UTF-8 key, b'T' + struct.pack('<qqddd', start, count, sum, min, max)) pairs: store entries.
         """
 
     def clear(self) -> None:

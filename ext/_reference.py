@@ -578,11 +578,11 @@ class TumblingTable:
         self._dirty = {}
         return out  # type: ignore[return-value]
 
-    def take_dirty_packed(self) -> list[tuple[bytes, bytes]]:
-        """take_dirty() as (UTF-8 key, b"T" + struct.pack("<qqddd", start, count, sum, min,
-        max)) pairs: store entries."""
+    def take_dirty_packed(self, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        """take_dirty() as (prefix + UTF-8 key, b"T" + struct.pack("<qqddd", start, count, sum,
+        min, max)) pairs: store entries."""
         pack = _PACK_TUMBLING
-        return [(key.encode("utf-8"), pack(b"T", *st)) for key, *st in self.take_dirty()]
+        return [(prefix + key.encode("utf-8"), pack(b"T", *st)) for key, *st in self.take_dirty()]
 
     def clear(self) -> None:
         """Drop all held state; raises RuntimeError if dirty keys were not taken."""

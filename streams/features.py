@@ -1358,7 +1358,6 @@ class Windows:
             if isinstance(table, (_Keyed, _GraceSessions)):
                 res = table.update_many(base, ts_arr, vals, load)
             else:
-                keys = [prefix + k for k in base]
                 num = numeric.get(field)
                 if num is None and isinstance(table, _Sliding) and not table.spec.reads_values:
                     # count/since/distinct only: the field need not be numeric (an item id)
@@ -1370,13 +1369,15 @@ class Windows:
                     num = numeric[field] = (values, has)
                 values, has = num
                 if isinstance(table, _Sliding):
-                    res = table.update_many(keys, ts_arr, values, has, load, base, vals)
+                    res = table.update_many([prefix + k for k in base], ts_arr, values, has, load, base, vals)
                 else:
-                    for k in table.missing(keys):
-                        raw = load(k)
+                    # a tumbling kernel holds entities by their bare key: no key string built per
+                    # event and definition; the definition's prefix names the state (load, flush)
+                    for k in table.missing(base):
+                        raw = load(prefix + k)
                         if raw is not None:
                             table.load(k, *self.decode(raw))
-                    res = table.update_many(keys, ts_arr, values, has)
+                    res = table.update_many(base, ts_arr, values, has)
             at = len(all_names)
             omitted += [(at + cols.index(col), name) for col, name in omit]
             blocks.append(res[:, cols])
@@ -1411,7 +1412,7 @@ class Windows:
                     n += 1
                 table.bound(self.max_cached)
                 continue
-            entries = table.take_dirty_packed()
+            entries = table.take_dirty_packed(p[2].encode())
             if put_many is not None:
                 put_many(entries)
             else:

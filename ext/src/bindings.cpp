@@ -282,7 +282,8 @@ std::vector<DirtyTuple> tumbling_take_dirty(TumblingTableObj &self) {
 // double sum, min, max), the bytes ext/_reference.py's struct.pack("<cqqddd", ...) gives. Why:
 // the state layer wrote each dirty key with a Python tuple, an orjson.dumps and a put call
 // (~0.7 us a key, ~2 keys an event in the full pipeline); these go to the store in one update.
-std::vector<std::pair<nb::bytes, nb::bytes>> tumbling_take_dirty_packed(TumblingTableObj &self) {
+std::vector<std::pair<nb::bytes, nb::bytes>> tumbling_take_dirty_packed(TumblingTableObj &self,
+                                                                        const nb::bytes &prefix) {
     static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the packed state is little-endian");
     BusyGuard guard(self);
     std::vector<k::TumblingTable::DirtyRow> rows = self.table.take_dirty();
@@ -290,6 +291,10 @@ std::vector<std::pair<nb::bytes, nb::bytes>> tumbling_take_dirty_packed(Tumbling
     result.reserve(rows.size());
     char buf[41];
     buf[0] = 'T';
+    // the store key is prefix + key: the caller keeps entities by their bare key (no Python string
+    // built per event and window definition) and names the definition's state here, once per flush
+    std::string key(prefix.c_str(), prefix.size());
+    const std::size_t plen = prefix.size();
     for (const auto &r : rows) {
         const std::int64_t start = r.state.start, count = r.state.count;
         std::memcpy(buf + 1, &start, 8);
@@ -297,7 +302,9 @@ std::vector<std::pair<nb::bytes, nb::bytes>> tumbling_take_dirty_packed(Tumbling
         std::memcpy(buf + 17, &r.state.sum, 8);
         std::memcpy(buf + 25, &r.state.min, 8);
         std::memcpy(buf + 33, &r.state.max, 8);
-        result.emplace_back(nb::bytes(r.key.data(), r.key.size()), nb::bytes(buf, sizeof buf));
+        key.resize(plen);
+        key.append(r.key);
+        result.emplace_back(nb::bytes(key.data(), key.size()), nb::bytes(buf, sizeof buf));
     }
     return result;
 }
@@ -656,9 +663,9 @@ NB_MODULE(_native, m) {
         .def("take_dirty", &tumbling_take_dirty,
              "(key, start, count, sum, min, max) of every dirty key, in first-dirtied "
              "order; clears the dirty set.")
-        .def("take_dirty_packed", &tumbling_take_dirty_packed,
-             "take_dirty() as (UTF-8 key, b'T' + struct.pack('<qqddd', start, count, sum, min, max)) "
-             "pairs: store entries.")
+        .def("take_dirty_packed", &tumbling_take_dirty_packed, nb::arg("prefix") = nb::bytes("", 0),
+             "take_dirty() as (prefix + UTF-8 key, b'T' + struct.pack('<qqddd', start, count, sum, min, "
+             "max)) pairs: store entries.")
         .def("clear", &tumbling_clear,
              "Drop all held state; raises RuntimeError if dirty keys were not taken.")
         .def_prop_ro("size_ms", [](const TumblingTableObj &self) { return self.table.size_ms(); })
