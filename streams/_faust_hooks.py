@@ -229,14 +229,17 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
                 if not self.flow_active or self.app.consumer_generation_id != generation:
                     continue
                 batches: dict[tuple[str, int], list[Record]] = {}
+                last_t, last_p, b = None, -1, []
                 for m in msgs:
                     if m.error() is not None:
                         self.log.warning("fetch error: %s", m.error())
                         continue
-                    key = (m.topic(), m.partition())
-                    b = batches.get(key)
-                    if b is None:
-                        b = batches[key] = []
+                    t, p = m.topic(), m.partition()
+                    if p != last_p or t != last_t:      # fetched records come in runs per partition
+                        last_t, last_p = t, p
+                        b = batches.get((t, p))
+                        if b is None:
+                            b = batches[(t, p)] = []
                     b.append(new(Record, (m.offset(), m.key(), m.value(), m.timestamp()[1])))
                 for (topic, partition), recs in batches.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
