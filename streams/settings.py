@@ -52,12 +52,7 @@ class Settings(BaseSettings):
     pipeline: str = Field("online_retail", description="Pipeline name (pipelines/NAME.toml) or path to a spec file.")
     fetcher: Literal["librdkafka", "aiokafka"] = Field(
         "librdkafka", description="Who fetches the events/labels records: librdkafka (fast) or faust's aiokafka.")
-    batch_max: int = Field(
-        2_000, ge=1,
-        description="Most records handed over per fetch (micro-batch bound; split by partition). A batch's "
-                    "outputs are published when it is done, so a larger bound makes the first events of a "
-                    "backlog wait longer: 10,000 gave the benchmark's `full` worker a p99 of 52-340 ms at "
-                    "half of its peak, 2,000 gave 40 ms, at the same throughput (BENCHMARKS.md).")
+    batch_max: int = Field(10_000, ge=1, description="Most records handed over per fetch (micro-batch bound; split by partition).")
     fetch_wait_ms: int = Field(
         5, ge=1, le=60_000,
         description="Most milliseconds the broker may hold a fetch of the events/labels topics (librdkafka "

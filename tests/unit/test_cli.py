@@ -109,7 +109,7 @@ def test_sasl_password_flag_exists_on_kafka_commands() -> None:
 
 def test_other_settings_show_their_default(capsys: pytest.CaptureFixture[str]) -> None:
     out = " ".join(run_help(["worker", "--help"], capsys).split())
-    assert "[env: STREAMSCORE_BATCH_MAX] Default: 2000." in out
+    assert "[env: STREAMSCORE_BATCH_MAX] Default: 10000." in out
     assert "[env: STREAMSCORE_TOPIC_PREFIX] Default: ''." in out
 
 

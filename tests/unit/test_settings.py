@@ -25,7 +25,7 @@ def test_defaults() -> None:
     s = Settings()
     assert s.broker == "127.0.0.1:9092"
     assert s.app_id == "streamscore" and s.topic_prefix == "" and s.partitions == 4
-    assert s.batch_max == 2_000 and s.state_dir == Path("state")
+    assert s.batch_max == 10_000 and s.state_dir == Path("state")
     assert s.security_protocol == "PLAINTEXT" and s.sasl_password is None
 
 
@@ -50,7 +50,7 @@ def test_none_kwarg_falls_back_to_env_then_default(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("STREAMSCORE_BROKER", "env-host:1")
     s = Settings(broker=None, batch_max=None)
     assert s.broker == "env-host:1"       # flag not given -> env
-    assert s.batch_max == 2_000            # flag not given, no env -> default
+    assert s.batch_max == 10_000            # flag not given, no env -> default
 
 
 def test_env_prefix_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,7 +58,7 @@ def test_env_prefix_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BROKER_URL", "stray:2")
     monkeypatch.setenv("BATCH_MAX", "1")
     s = Settings()
-    assert s.broker == "127.0.0.1:9092" and s.batch_max == 2_000
+    assert s.broker == "127.0.0.1:9092" and s.batch_max == 10_000
 
 
 def test_stray_prefixed_env_for_faust_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
