@@ -21,7 +21,6 @@ one): the measured events are never seen in training.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def deploy_pretrained(pipeline: str | Path, checkpoints: Path, *, events: int = 
     paths = [checkpoints / spec.name / f"{name}.pt" for name in frozen]
     if all(p.exists() for p in paths):
         return paths
-    spec = dataclasses.replace(spec, models=tuple(dataclasses.replace(m, learn=True) for m in spec.models))
+    spec = spec.all_learning()
     w = make_workload(events, partitions=1, labels=True, seed=seed)
     records = [Record(i, r.key, r.value, 0) for i, r in enumerate(w.records)]
     with tempfile.TemporaryDirectory(prefix="streamscore-pretrain-") as d:

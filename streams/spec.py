@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,14 @@ class PipelineSpec:
         if self.blend is None:
             return (self.champion,)
         return tuple(m for m in self.models if not m.shadow)
+
+    def all_learning(self) -> PipelineSpec:
+        """This spec with every model learning, frozen ones (``learn = false``) included.
+
+        Offline training (``streamscore train``, the benchmarks' pre-training)
+        is where a frozen model's weights come from.
+        """
+        return replace(self, models=tuple(replace(m, learn=True) for m in self.models))
 
     @property
     def blended(self) -> bool:
@@ -263,8 +271,6 @@ def parse_spec(doc: Mapping[str, Any], source: str = "<spec>") -> PipelineSpec:
 
 def _with_rules_and_blend(spec: PipelineSpec, doc: Mapping[str, Any], source: str) -> PipelineSpec:
     """Parse ``[[rules]]`` and ``[blend]``; compile the rules now so a bad one fails at load."""
-    import dataclasses
-
     rules_doc, blend_doc = doc.get("rules", []), doc.get("blend")
     if not rules_doc and blend_doc is None:
         return spec
@@ -285,7 +291,7 @@ def _with_rules_and_blend(spec: PipelineSpec, doc: Mapping[str, Any], source: st
             Blend(blend, [m.name for m in spec.models if not m.shadow])
         except (ValueError, TypeError, KeyError) as exc:
             raise SpecError(f"{source}: [blend]: {exc}") from exc
-    return dataclasses.replace(spec, rules=rules, blend=blend)
+    return replace(spec, rules=rules, blend=blend)
 
 
 def load_spec(name_or_path: str | Path) -> PipelineSpec:

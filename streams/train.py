@@ -15,7 +15,6 @@ gain over a constant predictor is visible before deploying.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,7 +61,7 @@ def train(spec: PipelineSpec, data: str | Path, *, out: Path | None = None, chec
     """
     if not spec.models:
         raise ValueError(f"pipeline {spec.name!r} has no models to train")
-    spec = dataclasses.replace(spec, models=tuple(dataclasses.replace(m, learn=True) for m in spec.models))
+    spec = spec.all_learning()
     with tempfile.TemporaryDirectory(prefix="streamscore-train-") as tmp:
         proc = PartitionProcessor(spec, PartitionStore(Path(tmp) / "state"), partition=0, device=device)
         events = labels = timed_out = dlq = 0
