@@ -144,6 +144,15 @@ class RuleOutcome:
 NO_HITS = RuleOutcome()
 
 
+def score_name(model: str) -> str:
+    """The name under which rules read model ``model``'s own score.
+
+    >>> score_name("lr")
+    'score_lr'
+    """
+    return f"score_{model}"
+
+
 def rule_fields(features: Iterable[str], models: Iterable[str]) -> tuple[str, ...]:
     """The names a rule may use: the features, ``score`` and ``score_<model>`` per model.
 
@@ -154,7 +163,7 @@ def rule_fields(features: Iterable[str], models: Iterable[str]) -> tuple[str, ..
     ('amount', 'score', 'score_lr', 'score_hat')
     """
     features = tuple(features)
-    scores = ("score",) + tuple(f"score_{m}" for m in models)
+    scores = ("score",) + tuple(score_name(m) for m in models)
     if clash := set(features) & set(scores):
         raise ValueError(f"feature name(s) {sorted(clash)} clash with the score names rules use")
     return features + scores

@@ -54,7 +54,7 @@ from models.base import ModelSpec
 from models.blend import Blend
 from models.deep import numeric_matrix
 from models.evaluate import prequential_for
-from models.rules import RuleSet
+from models.rules import RuleSet, score_name
 from streams.features import Windows
 from streams.retention import BUCKET_PREFIX as RETENTION_PREFIX
 from streams.retention import WATERMARK_KEY as RETENTION_WATERMARK
@@ -174,7 +174,7 @@ class PartitionProcessor:
         self.rules = RuleSet(spec.rules, spec.rule_fields) if spec.rules else None
         #: what the rules read, split by where it comes from: event fields and features, the decision's
         #: score, each model's score (``score_<name>``); the rest of an event is not put in their context
-        score_names = {m.name: f"score_{m.name}" for m in spec.models}
+        score_names = {m.name: score_name(m.name) for m in spec.models}
         used = self.rules.used if self.rules is not None else ()
         self._rule_scores = [(k, n) for k, n in score_names.items() if n in used]
         self._rule_score = "score" in used

@@ -116,8 +116,10 @@ class PipelineSpec:
     @property
     def rule_fields(self) -> tuple[str, ...]:
         """Names a rule expression may use: features, ``score`` and ``score_<model>``."""
+        from models.rules import score_name
+
         return (self.model_numeric + self.categorical + ("score",)
-                + tuple(f"score_{m.name}" for m in self.models))
+                + tuple(score_name(m.name) for m in self.models))
 
 
 def _require(d: Mapping[str, Any], key: str, where: str) -> Any:
