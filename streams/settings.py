@@ -79,6 +79,12 @@ class Settings(BaseSettings):
                     "partitions it does not own, caught up with their changelogs, so a takeover reads only "
                     "what was written since (0: no standbys; needs the changelog). Every worker keeps a copy "
                     "of every partition: N workers hold N-1 standby copies, in disk and changelog reads.")
+    assign_by_backlog: bool = Field(
+        True,
+        description="Deal the events/labels partitions among the group's workers by backlog (records not yet "
+                    "committed), not only by count, when the backlog is large: with keyed traffic one worker "
+                    "can otherwise get most of the work (streams/assignment.py). Each worker still gets "
+                    "faust's number of partitions.")
     delivery_timeout_s: float = Field(
         300.0, gt=0,
         description="Seconds a produced output or changelog record may wait for the broker (librdkafka "
