@@ -73,9 +73,10 @@ class BacklogAssignor(PartitionAssignor):
 
     ``app.partition_weights`` (a :data:`Weights`) gives the backlogs; without
     it, or when it fails, this is faust's assignor. :meth:`_perform_assignment`
-    is faust 0.11's own (faust-streaming 0.10-0.11, pinned in pyproject.toml)
-    with one call added, :meth:`rebalance`, after each copartitioned group is
-    assigned; ``tests/unit/test_assignment.py`` fails if faust's changes.
+    is faust-streaming 0.15.3's own (the range pyproject.toml pins is
+    ``>=0.11,<0.16``) with one call added, :meth:`rebalance`, after each
+    copartitioned group is assigned; ``tests/unit/test_assignment.py`` pins
+    the hash of faust's source and fails if it changes.
     """
 
     def rebalance(self, topics: Sequence[str], num_partitions: int,
