@@ -141,7 +141,8 @@ class _Flush:
                     yield from self._member()
                     if self.cancelled:
                         return
-                    proc.store.stage_sealed(len(items) + cl.mark(proc.partition, len(items), origin))
+                    proc.store.stage_sealed(len(items) + cl.mark(proc.partition, len(items), origin,
+                                                                 sc._epochs.get(proc.partition)))
             yield from self._delivered()
             if self.cancelled:
                 return
@@ -276,6 +277,9 @@ class BatchScorer:
         self.lease: Any = None
         #: ``generation()``: the group generation of this worker's assignment, on each flush's commit marker
         self.generation: Any = None
+        self._generation_seen: int | None = None                    # the last generation >= 0 it returned
+        #: partition -> this worker's owner epoch of it (its changelog fence; streams/changelog.py, "Fencing")
+        self._epochs: dict[int, int | None] = {}
         self.failpoints = Failpoints.from_env()                      # fault suite only (streams/failpoints.py)
         self._unacked: dict[int, list[tuple[str, list[int]]]] = {}   # partition -> batches not yet flushed
         self._inflight: _Flush | None = None                        # the flush being sent, if any
@@ -331,8 +335,10 @@ class BatchScorer:
             for p in partitions:
                 stores[p] = self._open_local(p)
             if self.changelog is not None and stores:
-                for rec in self.changelog.recover_many(stores).values():
+                for p, rec in self.changelog.recover_many(stores, origin=self.origin()).items():
+                    self._epochs[p] = rec.epoch
                     self.metrics.changelog_restored.inc(rec.applied)
+                    self.metrics.changelog_fenced.inc(rec.fenced)
                     self.metrics.changelog_recovery.observe(rec.seconds)
         except BaseException:       # nothing half-open stays locked
             for st in stores.values():
@@ -435,6 +441,7 @@ class BatchScorer:
                 st.close()
         for rec in recs.values():
             self.metrics.standby_applied.inc(rec.applied)
+            self.metrics.changelog_fenced.inc(rec.fenced)
         return {p: r.applied for p, r in recs.items()}
 
     def processor(self, partition: int, store: PartitionStore | None = None) -> PartitionProcessor:
@@ -688,8 +695,19 @@ class BatchScorer:
         return why() if why is not None else "this worker may no longer own its partitions"
 
     def origin(self) -> tuple[str, int | None]:
-        """(this worker, its group generation): written on each flush's changelog commit marker."""
-        return self.worker_id, (self.generation() if self.generation is not None else None)
+        """(this worker, its group generation): written on each flush's changelog commit marker, and on
+        the fence it writes when it takes partitions over, for operators reading a changelog (readers
+        fence by the owner epoch instead: streams/changelog.py, "Fencing").
+
+        The generation is the last valid one seen (>= 0), not the -1 of a
+        consumer between groups: a worker expelled while paused writes nothing
+        until its lease says it is a member again (see :meth:`lose`), so the
+        last generation it saw is that of its assignment.
+        """
+        g = self.generation() if self.generation is not None else None
+        if isinstance(g, int) and g >= 0:
+            self._generation_seen = g
+        return self.worker_id, self._generation_seen
 
     def lose(self, partitions: Iterable[int] | None = None) -> None:
         """Close the processors of ``partitions`` (all by default) *without* flushing: they were lost.

@@ -48,6 +48,32 @@ compaction removes the stale records because the correction supersedes them.
 A standby, which must not write, leaves its position before the tail and
 reads it again next time, when the owner's marker has arrived.
 
+**Fencing.** A worker expelled from its group while it was not running (a
+long pause: a *zombie*) may have a flush on the wire when it stops, and
+that flush lands after the partition's new owner has recovered. Applied by
+later readers, it would put the zombie's stale state over the new owner's.
+Kafka fences zombies with transactions, which the embedded broker does not
+honour, so the log fences them itself. Each owner of a partition has an
+*epoch*, one more than the highest epoch in the partition's log when it
+took the partition over, and every commit marker it writes carries it
+(header ``epoch``). A new owner reads the partition to its end, writes a
+*fence* (a marker of its new epoch that completes no record: its value is
+0), then reads on to its fence. Readers apply a flush only if its marker's
+epoch is not lower than the highest epoch read before it in that
+partition; a flush whose epoch is lower is a zombie's late write and is
+skipped (:attr:`Recovery.fenced`). Records not yet completed when a fence
+is read were an unfinished flush of an earlier owner and are not applied
+either. What lands before the fence the new owner reads too, so every
+reader agrees. The new owner corrects the keys of skipped records as it
+corrects an unfinished flush (below), so that a compacted log, whose
+markers compaction thins out, ends at the same values. A store keeps the
+highest epoch it has read beside its changelog offset (``CHANGELOG_FENCE``).
+Why an epoch of the log's own and not the group generation: a group that is
+deleted, or expires while all its workers are stopped, starts its
+generations again from 1, and a log fenced by generation would then refuse
+every new flush. (The markers also carry the ``writer`` and the group
+``generation``, for operators.)
+
 What this does not cover: a flush in which some record failed delivery for
 good while the marker after it was accepted (one request in flight makes
 that a record the broker rejects outright, such as one over its size limit;
@@ -69,6 +95,9 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from streams.broker import create_topics
 from streams.settings import Settings
 from streams.state import PartitionStore
+
+#: (writer, group generation) of a flush: its commit marker's headers.
+Origin = tuple[str, int | None]
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +136,20 @@ class Recovery:
     applied: int        # records applied (puts and deletes of completed flushes)
     seeded: int         # records the owner wrote: its store to an empty changelog, or an unfinished flush's correction
     seconds: float
-    unfinished: int = 0  # records after the last commit marker: a flush that never completed, not applied
+    unfinished: int = 0  # records of flushes that never completed (no marker, or cut by a fence), not applied
+    fenced: int = 0      # records of completed flushes of a lower epoch after a higher one: not applied
+    epoch: int | None = None  # the owner's epoch (its fence's); a standby: the highest epoch read
+
+
+def marker_epoch(headers: list[tuple[str, bytes]] | None) -> int | None:
+    """The owner epoch a commit marker names; None when it names none (written without fencing)."""
+    for name, value in headers or ():
+        if name == "epoch":
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 class Changelog:
@@ -155,11 +197,12 @@ class Changelog:
         if err is not None and err.code() != KafkaError._PURGE_QUEUE:
             self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
 
-    def send(self, partition: int, entries: Iterator[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes | None]]) -> int:
+    def send(self, partition: int, entries: Iterator[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes | None]],
+             origin: Origin | None = None, epoch: int | None = None) -> int:
         """Produce one flush: ``(key, value)`` entries (``None``: a delete) to ``partition``, then its commit
         marker; how many records, the marker included (0: no entries, nothing sent)."""
         n = self.produce_entries(partition, entries)
-        n += self.mark(partition, n)
+        n += self.mark(partition, n, origin, epoch)
         self.producer.poll(0)
         return n
 
@@ -179,21 +222,44 @@ class Changelog:
             n += 1
         return n
 
-    def mark(self, partition: int, n: int, origin: tuple[str, int | None] | None = None) -> int:
+    def mark(self, partition: int, n: int, origin: Origin | None = None, epoch: int | None = None) -> int:
         """The commit marker of a flush of ``n`` records to ``partition``; 1 (0 when ``n`` is 0: no marker).
 
         ``origin``: (writer, group generation), written as the marker's headers
         ``writer`` and ``generation``: who wrote the flush, under which
-        assignment (for operators and the zombie test; recovery does not read them).
+        assignment (for operators). ``epoch``: the writer's owner epoch of
+        this partition (:attr:`Recovery.epoch`), header ``epoch``, by which
+        readers fence (module docstring).
         """
         if not n:
             return 0
-        headers = None
-        if origin is not None:
-            writer, generation = origin
-            headers = [("writer", writer.encode()), ("generation", str(generation).encode())]
-        self._produce(self.topic, str(n).encode(), COMMIT_MARKER, partition, headers)
+        self._produce(self.topic, str(n).encode(), COMMIT_MARKER, partition, _headers(origin, epoch))
         return 1
+
+    def fence(self, epochs: dict[int, int], origin: Origin, timeout: float = 60.0) -> dict[int, int]:
+        """Write a fence (a commit marker of no records) of ``epochs[p]`` to each partition ``p``, delivered;
+        ``{partition: the fence's offset}``.
+
+        From there on every reader skips the flushes of a lower epoch
+        (module docstring).
+        """
+        offsets: dict[int, int] = {}
+        errors: list[str] = []
+
+        def delivered(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+            else:
+                offsets[msg.partition()] = msg.offset()
+
+        producer = Producer({**self._producer_config, "delivery.report.only.error": False, "on_delivery": delivered})
+        for p, epoch in epochs.items():
+            producer.produce(self.topic, b"0", COMMIT_MARKER, p, headers=_headers(origin, epoch))
+        left = producer.flush(timeout)
+        if errors or left or len(offsets) < len(epochs):
+            raise ChangelogError(f"fencing {self.topic}{sorted(epochs)} failed: "
+                                 f"{errors[:3] or f'{left} fences not delivered within {timeout}s'}")
+        return offsets
 
     def purge(self) -> int:
         """Drop the records queued and not yet sent (a worker that lost its partitions); how many were queued."""
@@ -240,12 +306,12 @@ class Changelog:
 
     # -- reading ----------------------------------------------------------------
     def recover(self, store: PartitionStore, partition: int, timeout: float = 300.0,
-                seed: bool = True) -> Recovery:
+                seed: bool = True, origin: Origin | None = None) -> Recovery:
         """Bring ``store`` up to date from its changelog partition (see :meth:`recover_many`)."""
-        return self.recover_many({partition: store}, timeout, seed)[partition]
+        return self.recover_many({partition: store}, timeout, seed, origin)[partition]
 
     def recover_many(self, stores: dict[int, PartitionStore], timeout: float = 300.0,
-                     seed: bool = True) -> dict[int, Recovery]:
+                     seed: bool = True, origin: Origin | None = None) -> dict[int, Recovery]:
         """Bring each partition's store up to date from the changelog, all partitions in one read.
 
         Each store is read from its own ``CHANGELOG_OFFSET`` to the partition's
@@ -258,13 +324,28 @@ class Changelog:
         store that has data but no changelog position (changelogs were off, or
         the topic is new and empty) to the changelog whole, so that the next
         owner finds it there. A standby (``seed=False``) writes nothing.
+
+        ``origin``: (this worker, its group generation), for an owner: each
+        partition is read to its end, then fenced with a new epoch (one more
+        than the highest read), then read on to the fence; the owner marks its
+        flushes with that epoch (:attr:`Recovery.epoch`). A flush whose marker
+        names a lower epoch than one read before it is skipped (module
+        docstring, "Fencing").
         """
         if not stores:
             return {}
         t0 = time.monotonic()
         starts = {p: st.changelog_offset for p, st in stores.items()}
+        fences = {p: st.changelog_fence for p, st in stores.items()}
+        cut: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in stores}     # unfinished, then fenced
+        fenced = dict.fromkeys(stores, 0)
         ends: dict[int, int] = {}
         committed: dict[int, int | None] = dict.fromkeys(stores)   # offset after each partition's last marker
+        flushed = dict.fromkeys(stores, False)                     # a marker that completes records was read
+        awaited: dict[int, int] = {}                               # our fences, not yet read back: epochs
+        epochs: dict[int, int] = {}                                # the epochs of our fences
+        first_ends: dict[int, int] = {}                            # where each log ended: at our fence
+        me = origin[0].encode() if origin is not None else b""
         applied = dict.fromkeys(stores, 0)
         c = Consumer(self._consumer_config)
         try:
@@ -278,64 +359,113 @@ class Changelog:
             deadline = time.monotonic() + timeout
             flushes: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in stores}   # since the last marker
             ready: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in stores}     # completed, not written
-            while len(ends) < len(stores):
-                if time.monotonic() > deadline:
-                    left = sorted(set(stores) - set(ends))
-                    raise ChangelogError(f"{self.topic} partitions {left}: not read to their end within {timeout}s")
-                for m in c.consume(10_000, 0.05):   # returns early only when full: keep the wait short
-                    p = m.partition()
-                    err = m.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            ends.setdefault(p, m.offset())
-                        elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART or not err.retriable():
-                            raise ChangelogError(f"{self.topic}[{p}]: {err}")
-                        continue
-                    if p in ends:                   # written after our end (a standby reads a live log)
-                        continue
-                    key = m.key()
-                    if key == COMMIT_MARKER:        # a flush is complete: it may be applied
-                        ready[p] += flushes[p]
-                        flushes[p] = []
-                        committed[p] = m.offset() + 1
-                    else:
-                        flushes[p].append((key, m.value()))
-                for p, batch in ready.items():      # completed flushes, written in large batches
-                    if batch and (len(batch) >= 10_000 or p in ends):
-                        stores[p].apply(batch)
-                        applied[p] += len(batch)
-                        ready[p] = []
+
+            def read_to_end() -> None:
+                """Consume until every partition's end (after our fence, when one is awaited)."""
+                while len(ends) < len(stores):
+                    if time.monotonic() > deadline:
+                        left = sorted(set(stores) - set(ends))
+                        raise ChangelogError(f"{self.topic} partitions {left}: not read to their end within {timeout}s")
+                    for m in c.consume(10_000, 0.05):   # returns early only when full: keep the wait short
+                        p = m.partition()
+                        err = m.error()
+                        if err is not None:
+                            if err.code() == KafkaError._PARTITION_EOF:
+                                if p not in awaited:
+                                    ends.setdefault(p, m.offset())
+                            elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART or not err.retriable():
+                                raise ChangelogError(f"{self.topic}[{p}]: {err}")
+                            continue
+                        if p in ends and not fencing:   # written after our end (a standby reads a live log)
+                            continue
+                        if m.key() == COMMIT_MARKER:
+                            marker(p, m)
+                        else:
+                            flushes[p].append((m.key(), m.value()))
+                    for p in [p for p in ahead if p not in ends]:
+                        # a store whose position is past the log's end (the topic was made again): this
+                        # broker then answers neither records nor an end; its fetch high watermark says
+                        hw = c.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)[1]
+                        if 0 <= hw < starts[p]:  # type: ignore[operator]
+                            ahead.discard(p)
+                            c.seek(TopicPartition(self.topic, p, hw))
+                    for p, batch in ready.items():      # completed flushes, written in large batches
+                        if batch and (len(batch) >= 10_000 or p in ends):
+                            stores[p].apply(batch)
+                            applied[p] += len(batch)
+                            ready[p] = []
+
+            def marker(p: int, m: Any) -> None:
+                """A flush is complete: apply it, unless it is a fence or fenced."""
+                headers = m.headers()
+                epoch = marker_epoch(headers)
+                if m.value() == b"0":               # a fence: what is pending was cut short before it
+                    cut[p] += flushes[p]
+                    if awaited.get(p) == epoch and headers and ("writer", me) in headers:
+                        del awaited[p]              # ours: read on to the end from here
+                elif epoch is not None and fences[p] is not None and epoch < fences[p]:
+                    cut[p] += flushes[p]            # a zombie's flush, landed after a newer owner's fence
+                    fenced[p] += len(flushes[p])
+                else:
+                    ready[p] += flushes[p]
+                    flushed[p] = True
+                flushes[p] = []
+                if epoch is not None and (fences[p] is None or epoch > fences[p]):
+                    fences[p] = epoch
+                committed[p] = m.offset() + 1
+
+            fencing = seed and origin is not None   # an owner: records after a first end are read on
+            ahead = {p for p in stores if (starts[p] or 0) > 0}   # positions that may be past the log's end
+            read_to_end()
+            if fencing:                             # fence, then read on to the fence (module docstring)
+                awaited.update({p: (fences[p] if fences[p] is not None else 0) + 1 for p in stores})
+                epochs.update(awaited)
+                fence_at = self.fence(dict(awaited), origin)
+                for p, off in fence_at.items():
+                    # the log really ended at our fence; a store whose position was past that (the topic
+                    # was made again) fetches from beyond it and would never read the fence back
+                    first_ends[p] = off
+                    if off < ends[p]:
+                        c.seek(TopicPartition(self.topic, p, off))
+                ends.clear()
+                read_to_end()
         finally:
             c.close()
         out: dict[int, Recovery] = {}
         for p, store in stores.items():
             start, end, tail = starts[p], ends[p], flushes[p]
+            if fenced[p]:
+                log.warning("%s[%d]: %d records of flushes of a lower epoch (a zombie's, written after a newer "
+                            "owner's fence) not applied", self.topic, p, fenced[p])
             entries: list[tuple[bytes, bytes | None]] = []
             if seed:
-                if tail:          # an unfinished flush: its keys as this (consistent) store holds them
-                    entries = store.values(dict.fromkeys(k for k, _ in tail))
-                    log.warning("%s[%d]: %d records of an unfinished flush after offset %s, not applied; "
-                                "writing their keys' current values", self.topic, p, len(tail), committed[p])
-                if start is not None and end < start:
+                if tail or cut[p]:   # not applied: their keys as this (consistent) store holds them
+                    entries = store.values(dict.fromkeys(k for k, _ in cut[p] + tail))
+                    log.warning("%s[%d]: %d records not applied (unfinished or fenced flushes, the last marker "
+                                "before offset %s); writing their keys' current values",
+                                self.topic, p, len(tail) + len(cut[p]), committed[p])
+                if start is not None and first_ends.get(p, end) < start:
                     log.warning("%s[%d] ends at %d, before this store's position %d (topic recreated?): "
-                                "seeding it from the local store", self.topic, p, end, start)
+                                "seeding it from the local store", self.topic, p, first_ends.get(p, end), start)
                     entries += store.items()
-                elif start is None and committed[p] is None:   # no completed flush in the log: seed it
+                elif start is None and not flushed[p]:   # no completed flush in the log (fences only): seed it
                     entries += store.items()
-            seeded = self._seed(store, p, entries) if entries else 0
+            seeded = self._seed(store, p, entries, origin, epochs.get(p)) if entries else 0
             if seed or not tail:
                 position = end + seeded
             else:                 # a standby: read the unfinished flush again next time
                 position = committed[p] if committed[p] is not None else max(start or 0, 0)
-            store.set_changelog_offset(position)
-            out[p] = rec = Recovery(p, start or 0, position, applied[p], seeded, time.monotonic() - t0, len(tail))
+            store.set_changelog_position(position, fences[p])
+            out[p] = rec = Recovery(p, start or 0, position, applied[p], seeded, time.monotonic() - t0,
+                                    len(tail) + len(cut[p]) - fenced[p], fenced[p], epochs.get(p, fences[p]))
             if applied[p] or seeded:
                 log.info("recovered %s[%d]: %d records from offset %d (+%d written) in %.2fs",
                          self.topic, p, applied[p], rec.start, seeded, rec.seconds)
         return out
 
     def _seed(self, store: PartitionStore, partition: int,
-              entries: Iterator[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes | None]]) -> int:
+              entries: Iterator[tuple[bytes, bytes | None]] | list[tuple[bytes, bytes | None]],
+              origin: Origin | None = None, epoch: int | None = None) -> int:
         """Write ``entries`` as one flush and wait for it; how many records, the marker included.
 
         With a producer of its own: recovery runs off the event loop (a worker opens a partition
@@ -344,10 +474,22 @@ class Changelog:
         """
         own = Changelog(self.topic, self._producer_config, self._consumer_config)
         try:
-            n = own.send(partition, entries)
+            n = own.send(partition, entries, origin, epoch)
             errors = own.flush(60.0)
         finally:
             own._producer = None            # flushed above; nothing left to wait for
         if errors:
             raise ChangelogError(f"writing {self.topic}[{partition}] failed: {errors[:3]}")
         return n
+
+
+def _headers(origin: Origin | None, epoch: int | None = None) -> list[tuple[str, bytes]] | None:
+    """A commit marker's headers: who wrote the flush (``writer``), under which group ``generation``, and
+    the writer's owner ``epoch`` of the partition (by which readers fence)."""
+    headers = []
+    if origin is not None:
+        writer, generation = origin
+        headers += [("writer", writer.encode()), ("generation", str(generation).encode())]
+    if epoch is not None:
+        headers.append(("epoch", str(epoch).encode()))
+    return headers or None

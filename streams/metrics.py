@@ -229,6 +229,11 @@ class Metrics:
             "streamscore_state_changelog_restored_records",
             "State records read back from the changelog topic when a partition was opened (recovery).",
             registry=r)
+        self.changelog_fenced = Counter(
+            "streamscore_state_changelog_fenced_records",
+            "Changelog records a reader skipped: flushes of a lower owner epoch that landed after a "
+            "newer owner's fence (a zombie's late writes; streams/changelog.py, \"Fencing\").",
+            registry=r)
         self.changelog_recovery = Histogram(
             "streamscore_state_changelog_recovery_seconds",
             "Seconds to bring one partition's state up to date from its changelog.",

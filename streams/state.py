@@ -29,6 +29,13 @@ _MISSING = object()
 #: state key, and no prefix scan of state keys ("p:", "w...") can reach it.
 CHANGELOG_OFFSET = b"\x00changelog-offset"
 
+#: Where a store keeps the highest group generation among the changelog's commit markers it has read
+#: (streams/changelog.py, "Fencing"): a flush marked with an older generation after it is a zombie's.
+CHANGELOG_FENCE = b"\x00changelog-fence"
+
+#: Keys of the store's own bookkeeping: never state, never written to the changelog.
+_BOOKKEEPING = (CHANGELOG_OFFSET, CHANGELOG_FENCE)
+
 
 def _entries(writes: dict[bytes, bytes | None]) -> list[tuple[bytes, bytes | None]]:
     """Pending writes as changelog entries (``None``: deleted, as pending writes hold it)."""
@@ -192,6 +199,25 @@ class PartitionStore:
     def set_changelog_offset(self, offset: int) -> None:
         self._db.put(CHANGELOG_OFFSET, str(offset).encode())
 
+    @property
+    def changelog_fence(self) -> int | None:
+        """The highest group generation of the commit markers this store has read; None if none had one."""
+        raw = self._db.get(CHANGELOG_FENCE)
+        return None if raw is None else int(raw)
+
+    def set_changelog_position(self, offset: int, fence: int | None) -> None:
+        """The changelog offset this store includes and the fence read up to it, in one write.
+
+        One batch: a store that lost its newest writes (no WAL, killed before
+        RocksDB flushed its memtable) must not keep a fence read *beyond* its
+        offset, or re-reading from there would refuse flushes it applied before.
+        """
+        wb = WriteBatch(raw_mode=True)
+        wb.put(CHANGELOG_OFFSET, str(offset).encode())
+        if fence is not None:
+            wb.put(CHANGELOG_FENCE, str(fence).encode())
+        self._db.write(wb)
+
     def apply(self, entries: list[tuple[bytes, bytes | None]]) -> None:
         """Write changelog entries straight to disk (recovery; nothing may be pending)."""
         assert not self._dirty and self._sealed is None, "recovery into a store with pending writes"
@@ -210,9 +236,9 @@ class PartitionStore:
         return [(k, get(k)) for k in keys]
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every key and value on disk (raw bytes), the changelog offset excepted."""
+        """Every key and value on disk (raw bytes), the changelog offset and fence excepted."""
         for k, v in self._db.items():
-            if k != CHANGELOG_OFFSET:
+            if k not in _BOOKKEEPING:
                 yield k, v
 
     def scan(self, prefix: str) -> list[tuple[str, bytes]]:

@@ -223,3 +223,157 @@ def test_streamscore_topics_creates_the_compacted_changelog(make_settings) -> No
     res = ConfigResource(ConfigResource.Type.TOPIC, topic)
     configs = admin.describe_configs([res])[res].result(timeout=10)
     assert configs["cleanup.policy"].value == "compact"
+
+
+# -- fencing: a zombie's late flush (streams/changelog.py, "Fencing") ------------------------------
+def flush_as(cl: Changelog, store: PartitionStore, partition: int, puts: dict[str, bytes],
+             writer: str, epoch: int | None) -> None:
+    """One flush of a worker that owns the partition with ``epoch`` (its recovery's)."""
+    for k, v in puts.items():
+        store.put(k, v)
+    store.staged(cl.send(partition, store.dirty_items(), (writer, 1), epoch))
+    assert cl.flush(30) == []
+    store.flush()
+
+
+def last_values(cl: Changelog, partition: int) -> dict[bytes, bytes]:
+    """What a fully compacted log holds: each key's last record, markers and tombstones dropped."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    from streams.changelog import COMMIT_MARKER
+    c = Consumer({**cl._consumer_config, "enable.partition.eof": True})
+    out: dict[bytes, bytes | None] = {}
+    try:
+        c.assign([TopicPartition(cl.topic, partition, 0)])
+        while True:
+            m = c.poll(10)
+            assert m is not None, "changelog not read to its end"
+            if m.error() is not None:
+                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
+                break
+            if m.key() != COMMIT_MARKER:
+                out[m.key()] = m.value()
+    finally:
+        c.close()
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def test_a_zombies_late_flush_is_fenced_by_the_new_owner(changelog: Changelog, tmp_path: Path) -> None:
+    """A flush of a lower epoch that lands after the new owner's fence is applied by no reader.
+
+    Worker A owns the partition (epoch 1); it is expelled while paused and B
+    takes over (epoch 2: its fence, then its flushes). A's flush that was on
+    the wire lands after that. Applied, it would put A's stale model over B's.
+    Every later reader (a standby, the next owner from an empty store) skips
+    it, the next owner rewrites its keys, and what a compacted log would keep
+    equals the owner's state. The group generations go *down* on the way
+    (7, 8, then 1: the group was deleted and made again): the epochs, which
+    the log itself numbers, do not.
+    """
+    a = PartitionStore(tmp_path / "a")
+    assert changelog.recover(a, 0, origin=("A", 7)).epoch == 1
+    flush_as(changelog, a, 0, {"p:1": b"answered", "m:lr": b"v1"}, "A", 1)
+
+    b = PartitionStore(tmp_path / "b")                         # B takes over: read, fence, read on
+    rec = changelog.recover(b, 0, origin=("B", 8))
+    assert contents(b) == {b"p:1": b"answered", b"m:lr": b"v1"} and (rec.fenced, rec.epoch) == (0, 2)
+    assert b.changelog_fence == 2
+    flush_as(changelog, b, 0, {"p:2": b"answered", "m:lr": b"v2"}, "B", 2)
+    changelog.send(0, [(b"m:lr", b"stale"), (b"p:9", b"zombie")], ("A", 7), 1)   # A's late flush
+    assert changelog.flush(30) == []
+    flush_as(changelog, b, 0, {"p:3": b"answered", "m:lr": b"v3"}, "B", 2)
+    owner = contents(b)
+
+    standby = PartitionStore(tmp_path / "standby")
+    rec = changelog.recover(standby, 0, seed=False)
+    assert contents(standby) == owner and (rec.fenced, rec.unfinished, rec.epoch) == (2, 0, 2)
+
+    c = PartitionStore(tmp_path / "c")                         # the next owner, from an empty store
+    rec = changelog.recover(c, 0, origin=("C", 1))
+    assert contents(c) == owner and (rec.fenced, rec.epoch) == (2, 3)
+    assert rec.seeded == 3                                     # m:lr and p:9 (deleted) rewritten, a marker
+    assert last_values(changelog, 0) == owner                  # compaction keeps the owner's values
+    flush_as(changelog, c, 0, {"p:4": b"answered"}, "C", 3)   # generation 1 < 8: still applied
+    owner = contents(c)
+
+    changelog.send(0, [(b"m:lr", b"stale again")], ("B", 8), 2)   # B, now a zombie itself, lands late
+    assert changelog.flush(30) == []
+    standby.close()
+    standby = PartitionStore(tmp_path / "standby")             # the fence read before was kept on disk
+    assert standby.changelog_fence == 2
+    rec = changelog.recover(standby, 0, seed=False)
+    assert contents(standby) == owner and rec.fenced == 1 and standby.changelog_fence == 3
+
+
+def test_a_flush_cut_short_by_a_fence_is_not_applied(changelog: Changelog, tmp_path: Path) -> None:
+    """Part of A's flush before B's fence and the rest after it: neither part is applied, by B or anyone."""
+    a = PartitionStore(tmp_path / "a")
+    epoch = changelog.recover(a, 1, origin=("A", 4)).epoch
+    flush_as(changelog, a, 1, {"p:1": b"answered", "m:lr": b"v1"}, "A", epoch)
+    consistent = contents(a)
+    changelog.producer.produce(changelog.topic, b"answered", b"p:2", 1)      # A's next flush, first half
+    assert changelog.flush(30) == []
+
+    b = PartitionStore(tmp_path / "b")
+    rec = changelog.recover(b, 1, origin=("B", 5))
+    assert contents(b) == consistent and rec.unfinished == 1 and rec.seeded == 2   # p:2 deleted, a marker
+    changelog.send(1, [(b"m:lr", b"v2")], ("A", 4), epoch)   # the second half and A's marker, late
+    assert changelog.flush(30) == []
+
+    fresh = PartitionStore(tmp_path / "fresh")
+    rec = changelog.recover(fresh, 1, seed=False)
+    assert contents(fresh) == consistent and (rec.unfinished, rec.fenced) == (1, 1)
+
+
+def test_markers_without_an_epoch_are_never_fenced(changelog: Changelog, tmp_path: Path) -> None:
+    """Flushes written without fencing (no epoch, as before it) apply in log order, as they did."""
+    a = PartitionStore(tmp_path / "a")
+    epoch = changelog.recover(a, 0, origin=("A", 9)).epoch
+    write(changelog, a, 0, {"m:lr": b"v1"})                   # no epoch on its marker
+    flush_as(changelog, a, 0, {"m:lr": b"v2"}, "A", epoch)
+    write(changelog, a, 0, {"m:lr": b"v3"})
+    fresh = PartitionStore(tmp_path / "fresh")
+    rec = changelog.recover(fresh, 0, seed=False)
+    assert contents(fresh) == {b"m:lr": b"v3"} and rec.fenced == 0 and fresh.changelog_fence == epoch == 1
+
+
+def test_the_fence_key_is_not_state(tmp_path: Path) -> None:
+    from streams.state import CHANGELOG_FENCE
+    s = PartitionStore(tmp_path / "s")
+    s.set_changelog_position(12, 3)
+    s.put("p:1", b"x")
+    s.flush()
+    assert (s.changelog_offset, s.changelog_fence) == (12, 3)
+    assert dict(s.items()) == {b"p:1": b"x"} and CHANGELOG_FENCE not in dict(s.items())
+    s.set_changelog_position(13, None)                         # no epoch read: the fence stays
+    assert (s.changelog_offset, s.changelog_fence) == (13, 3)
+
+
+def test_a_marker_epoch_is_read_from_its_headers() -> None:
+    from streams.changelog import marker_epoch
+    assert marker_epoch([("writer", b"h-1"), ("generation", b"5"), ("epoch", b"3")]) == 3
+    assert marker_epoch(None) is None and marker_epoch([("generation", b"5")]) is None
+    assert marker_epoch([("epoch", b"x")]) is None
+
+
+@pytest.mark.parametrize("origin", [None, ("A", 2)], ids=["unfenced", "fenced"])
+def test_a_store_ahead_of_a_recreated_log_seeds_it(changelog: Changelog, tmp_path: Path, origin) -> None:
+    """A store whose position is past the log's end (the topic was deleted and made again) writes itself
+    to the log whole, at once.
+
+    The embedded broker answers a fetch past the end with neither records nor
+    an end-of-partition event: recovery waited for its timeout (300 s) and
+    failed, until it read the fetch's high watermark. An owner's fence,
+    written after the first read, must not hide where the log had ended.
+    """
+    a = PartitionStore(tmp_path / "a")
+    for i in range(3):
+        a.put(f"k{i}", b"v")
+    a.flush()
+    a.set_changelog_position(1, 4)                   # position 1: the new log's fence alone would reach it
+    rec = changelog.recover(a, 1, timeout=20, origin=origin)
+    assert rec.seeded == 3 + 1                       # its keys and a marker
+    assert rec.epoch == (4 if origin is None else 5)
+    fresh = PartitionStore(tmp_path / "fresh")
+    changelog.recover(fresh, 1, seed=False, timeout=20)
+    assert contents(fresh) == contents(a) and len(contents(fresh)) == 3
