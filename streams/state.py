@@ -29,12 +29,12 @@ _MISSING = object()
 #: state key, and no prefix scan of state keys ("p:", "w...") can reach it.
 CHANGELOG_OFFSET = b"\x00changelog-offset"
 
-#: Where a store keeps the highest group generation among the changelog's commit markers it has read
-#: (streams/changelog.py, "Fencing"): a flush marked with an older generation after it is a zombie's.
+#: Where a store keeps the highest owner epoch among the changelog's commit markers it has read
+#: (streams/changelog.py, "Fencing"): a flush marked with a lower epoch after it is a zombie's.
 CHANGELOG_FENCE = b"\x00changelog-fence"
 
 #: Keys of the store's own bookkeeping: never state, never written to the changelog.
-_BOOKKEEPING = (CHANGELOG_OFFSET, CHANGELOG_FENCE)
+BOOKKEEPING_KEYS = (CHANGELOG_OFFSET, CHANGELOG_FENCE)
 
 
 def _entries(writes: dict[bytes, bytes | None]) -> list[tuple[bytes, bytes | None]]:
@@ -201,7 +201,7 @@ class PartitionStore:
 
     @property
     def changelog_fence(self) -> int | None:
-        """The highest group generation of the commit markers this store has read; None if none had one."""
+        """The highest owner epoch of the commit markers this store has read; None if none had one."""
         raw = self._db.get(CHANGELOG_FENCE)
         return None if raw is None else int(raw)
 
@@ -238,7 +238,7 @@ class PartitionStore:
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every key and value on disk (raw bytes), the changelog offset and fence excepted."""
         for k, v in self._db.items():
-            if k not in _BOOKKEEPING:
+            if k not in BOOKKEEPING_KEYS:
                 yield k, v
 
     def scan(self, prefix: str) -> list[tuple[str, bytes]]:

@@ -27,7 +27,7 @@ from streams.metrics import scrape, total
 from streams.replay import replay
 from streams.settings import Settings
 from streams.spec import load_spec
-from streams.state import CHANGELOG_FENCE, CHANGELOG_OFFSET, PartitionStore
+from streams.state import BOOKKEEPING_KEYS, PartitionStore
 
 SNAPSHOT_KEY = "kill-suite-snapshot-key-0123456789abcdef"   # shared by reference and killed runs
 DEADLINE_S = 180.0
@@ -365,14 +365,15 @@ def state_dir(s: Settings, partition: int) -> Path:
 def dump_store(path: Path) -> dict[bytes, bytes]:
     """Every state key and value of a partition's RocksDB, opened read-only in raw mode.
 
-    The store's changelog offset and fence are left out: the offset counts
-    changelog records, which a killed run writes more of (work redone after
-    the kill), and the fence is the group generation, which differs by run.
+    The store's bookkeeping (changelog offset and fence) is left out: the
+    offset counts changelog records, which a killed run writes more of (work
+    redone after the kill), and the fence counts the partition's owners,
+    which a killed run has more of.
     """
     assert path.exists(), f"no state at {path}"
     db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
     try:
-        return {k: v for k, v in db.items() if k not in (CHANGELOG_OFFSET, CHANGELOG_FENCE)}
+        return {k: v for k, v in db.items() if k not in BOOKKEEPING_KEYS}
     finally:
         db.close()
 
