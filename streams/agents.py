@@ -277,7 +277,6 @@ class BatchScorer:
         self.lease: Any = None
         #: ``generation()``: the group generation of this worker's assignment, on each flush's commit marker
         self.generation: Any = None
-        self._generation_seen: int | None = None                    # the last generation >= 0 it returned
         #: partition -> this worker's owner epoch of it (its changelog fence; streams/changelog.py, "Fencing")
         self._epochs: dict[int, int | None] = {}
         self.failpoints = Failpoints.from_env()                      # fault suite only (streams/failpoints.py)
@@ -697,17 +696,8 @@ class BatchScorer:
     def origin(self) -> tuple[str, int | None]:
         """(this worker, its group generation): written on each flush's changelog commit marker, and on
         the fence it writes when it takes partitions over, for operators reading a changelog (readers
-        fence by the owner epoch instead: streams/changelog.py, "Fencing").
-
-        The generation is the last valid one seen (>= 0), not the -1 of a
-        consumer between groups: a worker expelled while paused writes nothing
-        until its lease says it is a member again (see :meth:`lose`), so the
-        last generation it saw is that of its assignment.
-        """
-        g = self.generation() if self.generation is not None else None
-        if isinstance(g, int) and g >= 0:
-            self._generation_seen = g
-        return self.worker_id, self._generation_seen
+        fence by the owner epoch instead: streams/changelog.py, "Fencing")."""
+        return self.worker_id, (self.generation() if self.generation is not None else None)
 
     def lose(self, partitions: Iterable[int] | None = None) -> None:
         """Close the processors of ``partitions`` (all by default) *without* flushing: they were lost.
