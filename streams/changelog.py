@@ -236,30 +236,21 @@ class Changelog:
         self._produce(self.topic, str(n).encode(), COMMIT_MARKER, partition, _headers(origin, epoch))
         return 1
 
-    def fence(self, epochs: dict[int, int], origin: Origin, timeout: float = 60.0) -> dict[int, int]:
-        """Write a fence (a commit marker of no records) of ``epochs[p]`` to each partition ``p``, delivered;
-        ``{partition: the fence's offset}``.
+    def fence(self, epochs: dict[int, int], origin: Origin, timeout: float = 60.0) -> None:
+        """Write a fence (a commit marker of no records) of ``epochs[p]`` to each partition ``p``, delivered.
 
         From there on every reader skips the flushes of a lower epoch
-        (module docstring).
+        (module docstring). With a producer of its own, as :meth:`_seed`.
         """
-        offsets: dict[int, int] = {}
-        errors: list[str] = []
-
-        def delivered(err: Any, msg: Any) -> None:
-            if err is not None:
-                errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
-            else:
-                offsets[msg.partition()] = msg.offset()
-
-        producer = Producer({**self._producer_config, "delivery.report.only.error": False, "on_delivery": delivered})
-        for p, epoch in epochs.items():
-            producer.produce(self.topic, b"0", COMMIT_MARKER, p, headers=_headers(origin, epoch))
-        left = producer.flush(timeout)
-        if errors or left or len(offsets) < len(epochs):
-            raise ChangelogError(f"fencing {self.topic}{sorted(epochs)} failed: "
-                                 f"{errors[:3] or f'{left} fences not delivered within {timeout}s'}")
-        return offsets
+        own = Changelog(self.topic, self._producer_config, self._consumer_config)
+        try:
+            for p, epoch in epochs.items():
+                own._produce(self.topic, b"0", COMMIT_MARKER, p, _headers(origin, epoch))
+            errors = own.flush(timeout)
+        finally:
+            own._producer = None            # flushed above; nothing left to wait for
+        if errors:
+            raise ChangelogError(f"fencing {self.topic}{sorted(epochs)} failed: {errors[:3]}")
 
     def purge(self) -> int:
         """Drop the records queued and not yet sent (a worker that lost its partitions); how many were queued."""
@@ -344,7 +335,7 @@ class Changelog:
         flushed = dict.fromkeys(stores, False)                     # a marker that completes records was read
         awaited: dict[int, int] = {}                               # our fences, not yet read back: epochs
         epochs: dict[int, int] = {}                                # the epochs of our fences
-        first_ends: dict[int, int] = {}                            # where each log ended: at our fence
+        first_ends: dict[int, int] = {}                            # where each log ended before our fence
         me = origin[0].encode() if origin is not None else b""
         applied = dict.fromkeys(stores, 0)
         c = Consumer(self._consumer_config)
@@ -420,13 +411,8 @@ class Changelog:
             if fencing:                             # fence, then read on to the fence (module docstring)
                 awaited.update({p: (fences[p] if fences[p] is not None else 0) + 1 for p in stores})
                 epochs.update(awaited)
-                fence_at = self.fence(dict(awaited), origin)
-                for p, off in fence_at.items():
-                    # the log really ended at our fence; a store whose position was past that (the topic
-                    # was made again) fetches from beyond it and would never read the fence back
-                    first_ends[p] = off
-                    if off < ends[p]:
-                        c.seek(TopicPartition(self.topic, p, off))
+                self.fence(dict(awaited), origin)
+                first_ends.update(ends)
                 ends.clear()
                 read_to_end()
         finally:
