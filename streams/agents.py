@@ -369,7 +369,7 @@ class BatchScorer:
         for first.
         """
         wanted = set(partitions)
-        while True:
+        while self._failed is None:          # a failed worker is stopping: it opens nothing
             await self.opened(wanted)
             todo = sorted(wanted - set(self.processors))
             if not todo:
@@ -527,6 +527,11 @@ class BatchScorer:
 
     async def handle(self, topic: str, partition: int, records: Sequence[Any], highwater: int | None = None) -> None:
         """Process one partition-batch and publish its outputs (faust's batch handler)."""
+        if self._failed is not None:
+            # the worker is stopping, but faust may hand over a batch it had fetched: reopened
+            # from the last committed state, the partition would answer it as if the failed
+            # batches never happened, and those answers would be published
+            raise BatchFailed(f"not processing after a failed batch ({self._failed}); restart the worker")
         t0 = time.perf_counter()
         logical = self._logical.get(topic, topic)
         if highwater is not None and records:
@@ -607,9 +612,12 @@ class BatchScorer:
         """A batch failed half-way: its state may hold answers that were never published.
 
         Drop every partition's pending state and in-memory models, and refuse
-        every later flush, so faust commits nothing more: the worker stops,
-        and its next start processes again from the committed offsets, from
-        the state written at the last commit.
+        every later flush and batch, so faust commits nothing more and no
+        partition is reopened from stale state to answer a batch fetched
+        before the stop: the worker stops, and its next start processes again
+        from the committed offsets, from the state written at the last commit.
+        The changelog records still queued are dropped (a failed flush must
+        not complete in the log).
         """
         self._failed = reason
         log.error("a batch failed half-way (%s): dropping pending state; no offset is committed any more", reason)
@@ -621,6 +629,13 @@ class BatchScorer:
             proc.store.discard()
             proc.close()
         self.processors.clear()
+        if self.changelog is not None:
+            # what is still queued (the cancelled flush's tail, its marker) must not land later:
+            # a marker delivered after records of its flush timed out would complete a flush
+            # with holes, which the next owner would apply
+            purged = self.changelog.purge()
+            if purged:
+                log.warning("dropped %d changelog records queued by the failed flush", purged)
 
     def _count(self, logical: str, n: int, proc: PartitionProcessor, elapsed_s: float = 0.0) -> None:
         m, s = self.metrics, proc.last_stats

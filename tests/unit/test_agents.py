@@ -75,6 +75,31 @@ def test_a_batch_failing_half_way_writes_no_state_and_stops_commits(tmp_path: Pa
     store.close()
 
 
+def test_a_failed_scorer_answers_no_later_batch(tmp_path: Path) -> None:
+    """After a failure the worker is stopping, but faust may hand it another fetched batch first.
+
+    That batch must not reopen the partition from the last committed state and
+    answer from it: those answers (a model that never learned the failed
+    batches' labels) would be published, and they differ from the answers the
+    restarted worker gives. It raises, publishes nothing, and opens nothing.
+    """
+    s = Settings(state_dir=tmp_path, changelog=False, metrics_port=0, snapshot_key="k" * 32)
+    producer = FlakyProducer(ok=15)
+    scorer = BatchScorer(s, load_spec("elec2"), producer=producer)  # type: ignore[arg-type]
+    topic = s.topic("events")
+    asyncio.run(scorer.handle(topic, 0, events(0, 10)))
+    scorer.flush()
+    with pytest.raises(RuntimeError, match="output refused"):
+        asyncio.run(scorer.handle(topic, 0, events(10, 10)))
+    producer.ok = 10**9                                 # the broker is back
+    with pytest.raises(BatchFailed):
+        asyncio.run(scorer.handle(topic, 0, events(20, 10)))
+    assert len(producer.sent) == 15 and scorer.processors == {}
+    asyncio.run(scorer.open_partitions([0]))            # an assignment now opens nothing either
+    assert scorer.processors == {}
+    scorer.close()
+
+
 def test_a_healthy_scorer_stores_what_it_published(tmp_path: Path) -> None:
     """The control: the same batches with a producer that never fails are all stored."""
     s = Settings(state_dir=tmp_path, changelog=False, metrics_port=0, snapshot_key="k" * 32)
