@@ -398,20 +398,22 @@ class BatchScorer:
         if waits:
             await asyncio.gather(*waits)
 
-    async def refresh_standbys(self, owned: Iterable[int]) -> dict[int, int]:
-        """Catch this worker's copies of the partitions it does not own up with their changelogs.
+    async def refresh_standbys(self, standbys: Iterable[int]) -> dict[int, int]:
+        """Catch this worker's standby copies of ``standbys`` (partitions it does not own) up with their
+        changelogs.
 
-        Standby replicas: a worker keeps a local store of every partition of
-        the pipeline, owned or not, no more than ``standby_interval_s`` behind
-        the changelog, so taking a partition over reads only what was written
-        since the last refresh instead of the whole changelog. A store another
-        process holds open (workers sharing this state directory) is skipped:
-        it is already on this disk. Returns ``{partition: records applied}``.
+        Standby replicas: the group leader deals each partition to
+        ``standby_replicas`` workers besides its owner (streams/assignment.py),
+        and each keeps a local store of it no more than ``standby_interval_s``
+        behind the changelog, so taking a partition over reads only what was
+        written since the last refresh instead of the whole changelog. A store
+        another process holds open (workers sharing this state directory) is
+        skipped: it is already on this disk. Returns ``{partition: records applied}``.
         """
         if self.changelog is None:
             return {}
-        others = [p for p in range(self.settings.partitions)
-                  if p not in set(owned) and p not in self.processors and p not in self._opening]
+        others = sorted(p for p in set(standbys) if p not in self.processors and p not in self._opening)
+        self.metrics.standby_partitions.set(len(others))
         if not others:
             return {}
         task = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(None, self._refresh, others))

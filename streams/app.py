@@ -109,6 +109,8 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
     app.fetcher = settings.fetcher
     if settings.assign_by_backlog:
         app.partition_weights = backlogs(settings)
+    # how many standby copies of each partition the group leader deals (streams/assignment.py)
+    app.standby_replicas = settings.standby_replicas if settings.changelog and settings.standby_interval_s > 0 else 0
     scorer = BatchScorer(settings, spec)
     app.scorer = scorer
     channel = app.topic(settings.topic("events"), settings.topic("labels"),
@@ -142,7 +144,8 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
             if app.rebalancing:
                 return
             owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_topic}
-            await scorer.refresh_standbys(owned)
+            dealt = {tp.partition for tp in app.assignor.assigned_standbys() if tp.topic == events_topic}
+            await scorer.refresh_standbys(dealt - owned)
 
     app.sensors.add(CommitSensor(scorer))
     rk_config = settings.consumer_config(group=settings.app_id, **{

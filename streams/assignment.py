@@ -14,6 +14,11 @@ committed offset and the log end) is as small as possible: {1, 2} and
 faust's sticky assignment is kept as it is: moving a partition moves its
 state, which costs more than a balance no backlog needs.
 
+Standby replicas are dealt here too (:func:`standbys`): each partition gets
+``standby_replicas`` standby workers besides its owner (Kafka Streams'
+``num.standby.replicas``), which keep a local copy of its state caught up
+with its changelog so that taking it over reads only the last few flushes.
+
 The deal is greedy (heaviest partition first, to the least loaded worker
 with room; ties to the worker that had it):
 
@@ -68,6 +73,67 @@ def balance(assignment: Mapping[str, set[int]], weights: Sequence[float],
     return new
 
 
+def standbys(actives: Mapping[str, set[int]], replicas: int,
+             before: Mapping[str, set[int]] | None = None) -> dict[str, set[int]]:
+    """Which partitions each client keeps a standby copy of: ``replicas`` copies of every partition, on
+    clients other than its owner (fewer when there are not that many), as evenly spread as can be.
+
+    ``replicas`` -1: every client keeps every partition it does not own; 0: none. ``before``: each
+    client's standbys of the last assignment. Those copies are kept first, as far as the spread
+    allows (no client over its share): a kept copy is caught up, a new one starts from nothing. The
+    rest is dealt to the clients with the fewest, the owners' partitions taken in turn; then copies
+    move from the fullest clients to the emptiest until no two differ by more than one (or no move
+    is allowed: a client never keeps a copy of what it owns).
+
+    >>> standbys({"a": {0, 1}, "b": {2, 3}, "c": {4, 5}}, 1)
+    {'a': {2, 4}, 'b': {0, 5}, 'c': {1, 3}}
+    >>> standbys({"a": {0, 1}, "b": {2, 3}, "c": {4, 5}}, 1, before={"a": {4, 5}, "c": {0, 2, 3}})
+    {'a': {3, 5}, 'b': {1, 4}, 'c': {0, 2}}
+    >>> standbys({"a": {0, 1}, "b": {2, 3}}, -1)
+    {'a': {2, 3}, 'b': {0, 1}}
+    """
+    parts = sorted(p for ps in actives.values() for p in ps)
+    if replicas < 0:
+        return {c: set(parts) - set(ps) for c, ps in actives.items()}
+    out: dict[str, set[int]] = {c: set() for c in actives}
+    replicas = min(replicas, len(actives) - 1)
+    if replicas <= 0:
+        return out
+    owner = {p: c for c, ps in actives.items() for p in ps}
+    share = -(-len(parts) * replicas // len(actives))          # the most any client should keep
+    copies = dict.fromkeys(parts, 0)
+    for c in sorted(out):                                       # the copies already there, within shares
+        for p in sorted((before or {}).get(c, ())):
+            if p in owner and owner[p] != c and copies[p] < replicas and len(out[c]) < share:
+                out[c].add(p)
+                copies[p] += 1
+    # the owners' partitions in turn (a's first, b's first, ..., a's second, ...): dealt in plain order,
+    # the partitions of the last owners would find only the clients already full
+    by_owner = [sorted(actives[c]) for c in sorted(actives)]
+    turns = [ps[i] for i in range(max(map(len, by_owner), default=0)) for ps in by_owner if i < len(ps)]
+    for p in turns:
+        while copies[p] < replicas:
+            c = min((c for c in out if c != owner[p] and p not in out[c]), key=lambda c: (len(out[c]), c))
+            out[c].add(p)
+            copies[p] += 1
+    moved = True
+    while moved:        # the copies kept can leave no room where the last ones had to go: even out
+        moved = False
+        for x in sorted(out, key=lambda c: (-len(out[c]), c)):
+            for y in sorted(out, key=lambda c: (len(out[c]), c)):
+                if len(out[y]) + 1 >= len(out[x]):
+                    break
+                p = next((p for p in sorted(out[x]) if owner[p] != y and p not in out[y]), None)
+                if p is not None:
+                    out[x].discard(p)
+                    out[y].add(p)
+                    moved = True
+                    break
+            if moved:
+                break
+    return out
+
+
 class BacklogAssignor(PartitionAssignor):
     """faust's assignor, with the events/labels group dealt by backlog (see the module docstring).
 
@@ -81,17 +147,31 @@ class BacklogAssignor(PartitionAssignor):
 
     def rebalance(self, topics: Sequence[str], num_partitions: int,
                   assignment: dict[str, Any]) -> dict[str, Any]:
-        """Deal ``assignment`` (client -> faust CopartitionedAssignment) of ``topics`` by backlog."""
+        """Deal ``assignment`` (client -> faust CopartitionedAssignment) of ``topics`` by backlog, then
+        its standby replicas (:func:`standbys`, ``app.standby_replicas`` of them; faust's own count,
+        ``table_standby_replicas``, stays 1, or faust would not use this assignor at all)."""
+        self._deal_actives(topics, num_partitions, assignment)
+        replicas = getattr(self.app, "standby_replicas", None)
+        if replicas is not None:
+            # faust's standbys of these topics serve faust tables only (streamscore has none); a
+            # worker follows the changelogs of the partitions named here (streams/agents.py)
+            dealt = standbys({c: set(a.actives) for c, a in assignment.items()}, replicas,
+                             {c: set(a.standbys) for c, a in assignment.items()})
+            for c, a in assignment.items():
+                a.standbys = dealt[c]
+        return assignment
+
+    def _deal_actives(self, topics: Sequence[str], num_partitions: int, assignment: dict[str, Any]) -> None:
         weights_of: Weights | None = getattr(self.app, "partition_weights", None)
         if weights_of is None:
-            return assignment
+            return
         try:
             weights = weights_of(list(topics), num_partitions)
         except Exception as exc:  # noqa: BLE001 - an assignment must not fail for want of a balance
             log.warning("partition backlogs unknown (%s): faust's assignment kept", exc)
-            return assignment
+            return
         if weights is None:
-            return assignment
+            return
         before = {c: set(a.actives) for c, a in assignment.items()}
         after = balance(before, weights, min_total=MIN_BACKLOG)
         if after != before:
@@ -99,10 +179,8 @@ class BacklogAssignor(PartitionAssignor):
                      [int(w) for w in weights], {c: sorted(ps) for c, ps in after.items()},
                      {c: sorted(ps) for c, ps in before.items()})
             for c, a in assignment.items():
-                # faust's standbys serve faust tables only (streamscore has none; its standby
-                # replicas follow the changelog, streams/agents.py): none would be stale here
-                a.actives, a.standbys = after[c], set()
-        return assignment
+                a.actives = after[c]
+                a.standbys = a.standbys - after[c]      # never a standby of what it owns
 
     # faust-streaming's PartitionAssignor._perform_assignment, with the rebalance() call added
     def _perform_assignment(self, cluster: Any, member_metadata: Any) -> Any:  # pragma: no cover - faust's

@@ -249,6 +249,10 @@ class Metrics:
             "streamscore_state_standby_applied_records",
             "Changelog records applied to this worker's standby copies of partitions it does not own.",
             registry=r)
+        self.standby_partitions = Gauge(
+            "streamscore_state_standby_partitions",
+            "Partitions this worker keeps a standby copy of (dealt by the group leader: standby_replicas).",
+            registry=r)
         self.checkpoint_swaps = Counter("streamscore_model_checkpoint_swaps",
                                         "Torch checkpoints hot-swapped into this worker.", ["model"], registry=r)
         self.rule_hits = Counter("streamscore_rule_hits", "Events a rule matched, by rule name.", ["rule"],

@@ -75,10 +75,15 @@ class Settings(BaseSettings):
                     "than that is treated as new. 0: remembered for ever.")
     standby_interval_s: float = Field(
         10.0, ge=0,
-        description="Seconds between two refreshes of this worker's standby replicas: local copies of the "
+        description="Seconds between two refreshes of this worker's standby replicas: local copies of "
                     "partitions it does not own, caught up with their changelogs, so a takeover reads only "
-                    "what was written since (0: no standbys; needs the changelog). Every worker keeps a copy "
-                    "of every partition: N workers hold N-1 standby copies, in disk and changelog reads.")
+                    "what was written since (0: no standbys; needs the changelog). How many: standby_replicas.")
+    standby_replicas: int = Field(
+        1, ge=-1,
+        description="Standby copies of each partition, on workers other than its owner (Kafka Streams' "
+                    "num.standby.replicas), dealt by the group leader: 1 survives the loss of one worker "
+                    "without a full changelog read. -1: every worker keeps every partition it does not own "
+                    "(disk and changelog reads grow with the workers); 0: none.")
     assign_by_backlog: bool = Field(
         True,
         description="Deal the events/labels partitions among the group's workers by backlog (records not yet "

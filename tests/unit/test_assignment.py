@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from streams.assignment import MIN_BACKLOG, BacklogAssignor, balance
+from streams.assignment import MIN_BACKLOG, BacklogAssignor, balance, standbys
 
 #: faust-streaming 0.15.3's PartitionAssignor._perform_assignment, which BacklogAssignor copies
 FAUST_PERFORM_ASSIGNMENT_SHA256 = "1e0bf2c5c8f42574670a8ef7661a043919c8e03b59ec966ce8109a36fd20fa52"
@@ -55,26 +55,81 @@ def test_a_deal_keeps_counts_and_partitions_and_never_loads_more(data):
     assert max(_load(after, weights).values()) <= max(_load(before, weights).values())
 
 
-def _assignor(weights):
-    app = SimpleNamespace(partition_weights=weights)
+def _assignor(weights, standby_replicas=None):
+    app = SimpleNamespace(partition_weights=weights, standby_replicas=standby_replicas)
     a = BacklogAssignor.__new__(BacklogAssignor)   # no faust App needed for rebalance()
     a.app = app
     return a
 
 
-def test_rebalance_moves_the_actives_and_drops_fausts_standbys():
+@st.composite
+def deals(draw):
+    """client -> the partitions it owns (some clients may own none), a standby count, and earlier standbys."""
+    clients = [f"c{i}" for i in range(draw(st.integers(1, 6)))]
+    n = draw(st.integers(1, 24))
+    owners = draw(st.lists(st.sampled_from(clients), min_size=n, max_size=n))
+    actives = {c: {p for p, o in enumerate(owners) if o == c} for c in clients}
+    before = {c: set(draw(st.lists(st.integers(0, n - 1), max_size=n))) for c in clients}
+    return actives, draw(st.integers(-1, 3)), before
+
+
+@given(deals())
+@hsettings(max_examples=300, deadline=None)
+def test_standbys_are_counted_spread_and_never_the_owners(deal):
+    actives, replicas, before = deal
+    out = standbys(actives, replicas, before)
+    parts = {p for ps in actives.values() for p in ps}
+    assert set(out) == set(actives)
+    for c, ps in out.items():
+        assert not ps & actives[c], f"{c} keeps a standby of a partition it owns"
+    if replicas < 0:
+        assert all(out[c] == parts - actives[c] for c in out)
+        return
+    want = min(replicas, len(actives) - 1) if replicas > 0 else 0
+    for p in parts:
+        assert sum(p in ps for ps in out.values()) == max(want, 0), p
+    owner = {p: c for c, ps in actives.items() for p in ps}
+    for x in out:                        # no copy could move to a client holding two fewer
+        for y in out:
+            if len(out[x]) > len(out[y]) + 1:
+                assert all(owner[p] == y or p in out[y] for p in out[x]), (x, y, out)
+    assert standbys(actives, replicas, out) == out     # dealt again from itself: nothing moves
+
+
+def _backlogs(topics, partitions):
+    return [41_298, 66_722, 39_999, 51_981]
+
+
+def test_rebalance_moves_the_actives_and_deals_the_standbys_to_the_other_worker():
     seen = []
 
     def weights(topics, partitions):
         seen.append((list(topics), partitions))
-        return [41_298, 66_722, 39_999, 51_981]
+        return _backlogs(topics, partitions)
 
     deal = {"a": CopartitionedAssignment({0, 2}, {1, 3}, {"e", "l"}),
             "b": CopartitionedAssignment({1, 3}, {0, 2}, {"e", "l"})}
-    out = _assignor(weights).rebalance(["e", "l"], 4, deal)
+    out = _assignor(weights, standby_replicas=1).rebalance(["e", "l"], 4, deal)
     assert seen == [(["e", "l"], 4)]
     assert sorted(sorted(a.actives) for a in out.values()) == [[0, 3], [1, 2]]
-    assert all(a.standbys == set() and a.topics == {"e", "l"} for a in out.values())
+    assert out["a"].standbys == out["b"].actives and out["b"].standbys == out["a"].actives
+    assert all(a.topics == {"e", "l"} for a in out.values())
+
+
+def test_without_a_standby_count_faust_s_standbys_stay_but_never_what_a_worker_owns():
+    deal = {"a": CopartitionedAssignment({0, 2}, {1, 3}, {"e"}), "b": CopartitionedAssignment({1, 3}, {0, 2}, {"e"})}
+    out = _assignor(_backlogs).rebalance(["e"], 4, deal)
+    assert {c: (a.actives, a.standbys) for c, a in out.items()} == {"a": ({0, 3}, {1}), "b": ({1, 2}, {0})}
+
+
+@pytest.mark.parametrize("replicas, expected", [(0, [set(), set(), set()]), (1, [{2, 4}, {0, 5}, {1, 3}]),
+                                                (2, [{2, 3, 4, 5}, {0, 1, 4, 5}, {0, 1, 2, 3}]),
+                                                (-1, [{2, 3, 4, 5}, {0, 1, 4, 5}, {0, 1, 2, 3}])])
+def test_three_workers_keep_the_standby_count_asked_for(replicas, expected):
+    deal = {c: CopartitionedAssignment(ps, set(), {"e"}) for c, ps in zip("abc", [{0, 1}, {2, 3}, {4, 5}])}
+    out = _assignor(None, standby_replicas=replicas).rebalance(["e"], 6, deal)
+    assert [out[c].standbys for c in "abc"] == expected
+    assert [out[c].actives for c in "abc"] == [{0, 1}, {2, 3}, {4, 5}]
 
 
 @pytest.mark.parametrize("weights", [None, lambda t, n: None, lambda t, n: 1 / 0])
@@ -107,3 +162,7 @@ def test_the_worker_app_deals_by_backlog(make_settings):
     assert app.conf.table_standby_replicas > 0
     assert callable(app.partition_weights)
     assert create_app(make_settings(create=False, assign_by_backlog=False)).partition_weights is None
+    assert app.standby_replicas == 1                    # dealt by the leader, one copy by default
+    assert create_app(make_settings(create=False, standby_replicas=-1)).standby_replicas == -1
+    assert create_app(make_settings(create=False, standby_interval_s=0)).standby_replicas == 0
+    assert create_app(make_settings(create=False, changelog=False)).standby_replicas == 0
