@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from hypothesis import strategies as st
 
 from streams.features import Windows, WindowSpec
+
+#: below this a float is subnormal: no relative precision left, so no tolerance can be tighter
+TINY = sys.float_info.min
 
 #: (key, ts, value or None): one event of the window tests
 Event = tuple[str, int, Any]
@@ -55,7 +59,7 @@ def run(spec: WindowSpec, events: Sequence[Event], kernels: Any, batches: Iterab
         docs = [{"k": k, "x": v} if v is not None else {"k": k} for k, _, v in chunk]
         got += w.update_batch(docs, [t for _, t, _ in chunk], store.get)
         if flush_every_batch or b in reload_at:
-            w.flush(store.__setitem__)
+            w.flush(store.__setitem__, get=store.get)
         if b in reload_at:
             late += w.late
             w = Windows([spec], kernels=kernels)
@@ -87,13 +91,13 @@ def check(got: Sequence[dict[str, float]], expected: Sequence[tuple[dict[str, fl
                 assert x == y, (i, a, x, y)
             elif a in ("var", "std"):
                 # a variance of values ~1e-162 is subnormal (scale * scale underflows): it has no relative
-                # precision left, so the tolerance is floored at a few steps of the smallest float
+                # precision left, so the tolerance is floored at the smallest normal float (TINY)
                 assert math.isclose(x * x if a == "std" else x, y * y if a == "std" else y, rel_tol=1e-9,
-                                    abs_tol=max(1e-12 * scale * scale, 4 * math.ulp(0.0))), (i, a, x, y)
-            elif a == "decay_sum":
-                assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12 * dscale), (i, a, x, y)
+                                    abs_tol=max(1e-12 * scale * scale, TINY)), (i, a, x, y)
+            elif a == "decay_sum":      # a sum decayed over ~1,000 half-lives is subnormal too (same floor)
+                assert math.isclose(x, y, rel_tol=1e-9, abs_tol=max(1e-12 * dscale, TINY)), (i, a, x, y)
             else:
-                assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12 * scale), (i, a, x, y)
+                assert math.isclose(x, y, rel_tol=1e-9, abs_tol=max(1e-12 * scale, TINY)), (i, a, x, y)
 
 
 def random_stream(seed: int, n: int, keys: int = 5, disorder: int = 0, p_missing: float = 0.05,
