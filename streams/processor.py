@@ -764,7 +764,7 @@ class PartitionProcessor:
         self._open.clear()
         self._rows.clear()
         if self.windows is not None:
-            self.windows.flush(self.store.put, self.store.put_many)
+            self.windows.flush(self.store.put, self.store.put_many, self.store.get)
         if self._reco:
             self.store.put("c:items", orjson.dumps(list(self._items)))
         if self._timeout is not None:
