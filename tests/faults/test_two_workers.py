@@ -9,7 +9,8 @@ copy of an answer is byte-identical and equals the stored prediction; the
 survivor's final state equals a single-worker run's (window state, label
 markers, River/torch snapshots, as in the kill sweep) and equals what the
 changelog alone rebuilds. Labels are replayed after every event was answered
-(see test_kill_sweep for why).
+(see test_kill_sweep for why). Also: three workers, for the standby copies
+the group leader deals.
 """
 
 from __future__ import annotations
@@ -18,18 +19,23 @@ import pytest
 
 from streams.changelog import Changelog
 from streams.datasets import convert
+from streams.demo import start_worker, stop_worker, wait_ready
+from streams.metrics import scrape, total
 from streams.spec import load_spec
 from streams.state import PartitionStore
 from tests.faults.harness import (
+    _assigned,
     changelog_state,
     check_outputs,
     compare_states,
     dump_store,
     make_run_settings,
     run_stream,
+    second_worker,
     state_dir,
     stream_ids,
     tail,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -104,3 +110,33 @@ def test_standby_replicas_follow_the_partitions_a_worker_does_not_own(broker, tm
         a.close()
         b.close()
     assert owners == PARTITIONS
+
+
+def test_three_workers_keep_the_standby_count_dealt_by_the_leader(broker, tmp_path):
+    """Three workers, 6 partitions, ``standby_replicas`` 1: each partition has one standby copy on a
+    worker that does not own it, so each worker follows 2 partitions, not the 4 it does not own.
+
+    The deal travels from the group leader in faust's assignment (streams/assignment.py) and each
+    worker reports what it follows on /metrics (``streamscore_state_standby_partitions``)."""
+    s = make_run_settings(broker.bootstrap, tmp_path, "three", pipeline="online_retail", partitions=6,
+                          standby_interval_s=1.0, standby_replicas=1)
+    confs = [s, second_worker(s, own_state=True), second_worker(s, own_state=True)]
+    log = tmp_path / "three.log"
+    procs = [start_worker(c, log) for c in confs]
+
+    def following(c) -> float:
+        try:
+            return total(scrape(f"http://{c.metrics_host}:{c.metrics_port}/metrics"),
+                         "streamscore_state_standby_partitions")
+        except OSError:
+            return -1.0
+
+    try:
+        for c, p in zip(confs, procs):
+            wait_ready(c, p, log, timeout=90)
+        wait_for(lambda: [_assigned(c) for c in confs] == [2, 2, 2], "two partitions each", procs, log, timeout=90)
+        wait_for(lambda: [following(c) for c in confs] == [2, 2, 2], "two standby copies each", procs, log,
+                 timeout=60)
+    finally:
+        for p in procs:
+            stop_worker(p)
