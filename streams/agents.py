@@ -631,6 +631,7 @@ class BatchScorer:
             proc.store.discard()
             proc.close()
         self.processors.clear()
+        self._epochs.clear()
         if self.changelog is not None:
             # what is still queued (the cancelled flush's tail, its marker) must not land later:
             # a marker delivered after records of its flush timed out would complete a flush
@@ -736,6 +737,7 @@ class BatchScorer:
             job._give_back()                       # the lost partitions' share is dropped below
         for p in parts:
             self._unacked.pop(p, None)
+            self._epochs.pop(p, None)
             proc = self.processors.pop(p, None)
             if proc is not None:
                 proc.store.discard()
@@ -767,6 +769,7 @@ class BatchScorer:
         if self._torch_models:
             self.save_checkpoints(force=True)
         for p in parts:
+            self._epochs.pop(p, None)
             proc = self.processors.pop(p, None)
             if proc is not None:
                 proc.close()

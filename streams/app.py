@@ -32,6 +32,8 @@ class StreamscoreApp(faust.App):
     fetcher: str = "librdkafka"
     #: each partition's backlog, for streams.assignment.BacklogAssignor (None: faust's own deal)
     partition_weights: Any = None
+    #: standby copies of each partition the leader deals (streams.assignment.standbys)
+    standby_replicas: int = 0
 
     def _new_transport(self) -> Any:
         cls = (_faust_hooks.LibrdkafkaBatchTransport if self.fetcher == "librdkafka"
@@ -41,6 +43,9 @@ class StreamscoreApp(faust.App):
     async def on_stop(self) -> None:
         await super().on_stop()
         self.scorer.close()  # outputs flushed, state written, stores closed
+        close = getattr(self.partition_weights, "close", None)
+        if close is not None:
+            close()          # the assignor's client (backlogs)
 
 
 class CommitSensor(Sensor):
@@ -188,6 +193,11 @@ def backlogs(settings: Settings) -> Any:
             w[tp.partition] += max(0, hi - (tp.offset if tp.offset >= 0 else lo))
         return w
 
+    def close() -> None:
+        while client:
+            client.pop().close()
+
+    weights.close = close  # type: ignore[attr-defined]
     return weights
 
 

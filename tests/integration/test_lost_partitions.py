@@ -56,6 +56,7 @@ def test_a_flush_waits_for_the_lease_and_losing_the_partition_drops_it(setup) ->
         assert scorer._inflight is job and scorer.processors[0].store.sealed
         scorer.lose([0])                            # then the group says: not a member any more
         assert job.cancelled and scorer._inflight is None and scorer.processors == {}
+        assert scorer._epochs == {}                 # its owner epoch goes with it
         assert scorer.metrics.registry.get_sample_value("streamscore_worker_partitions_lost_total") == 1
         for _ in range(5):
             await asyncio.sleep(0.002)

@@ -160,7 +160,8 @@ def test_the_worker_app_deals_by_backlog(make_settings):
     app = create_app(make_settings(create=False))
     assert isinstance(app.assignor, BacklogAssignor)
     assert app.conf.table_standby_replicas > 0
-    assert callable(app.partition_weights)
+    assert callable(app.partition_weights) and callable(app.partition_weights.close)
+    app.partition_weights.close()                       # no client yet: nothing to close, no error
     assert create_app(make_settings(create=False, assign_by_backlog=False)).partition_weights is None
     assert app.standby_replicas == 1                    # dealt by the leader, one copy by default
     assert create_app(make_settings(create=False, standby_replicas=-1)).standby_replicas == -1
