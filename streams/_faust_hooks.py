@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
+import orjson
 from aiokafka.consumer.group_coordinator import GroupCoordinator, OffsetCommitRequest
 from faust.transport.consumer import ack_lock
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -163,16 +164,99 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
 
     rk_config: dict[str, Any] = {}
     poll_max: int = 10_000
+    #: seconds a partition may have records waiting while its fetches return none, before
+    #: the fetch wait is raised (see :meth:`_fetch_longer`)
+    stall_s: float = 3.0
+    #: the fetch waits (``fetch.wait.max.ms``) tried in turn on such a stall
+    longer_waits: tuple[int, ...] = (500, 5_000)
 
     def _rk(self) -> Any:
         rk = getattr(self, "_rk_consumer", None)
         if rk is None:
             from confluent_kafka import Consumer
 
-            rk = self._rk_consumer = Consumer(self.rk_config)
+            # librdkafka's statistics (once a second): how long since a broker last answered
+            rk = self._rk_consumer = Consumer({**self.rk_config, "statistics.interval.ms": 1000,
+                                               "stats_cb": self._on_stats})
+            self._rk_rxidle_s: float | None = None
             self._rk_assigned: set[tuple[str, int]] = set()
             self._rk_generation: int | None = None
+            self._rk_behind: dict[tuple[str, int], tuple[int, float]] = {}   # since when at this offset
+            self._rk_next_check = time.monotonic() + self.stall_s
         return rk
+
+    def _on_stats(self, raw: str) -> None:
+        """librdkafka's statistics: keep the seconds since the brokers last answered (``rxidle``)."""
+        try:
+            idle = [b["rxidle"] for b in orjson.loads(raw).get("brokers", {}).values()
+                    if b.get("nodeid", -1) >= 0 and b.get("rxidle", -1) >= 0]
+        except (ValueError, AttributeError, TypeError):
+            return
+        self._rk_rxidle_s = min(idle) / 1e6 if idle else None
+
+    def _stalled(self, rk: Any) -> list[tuple[tuple[str, int], int, int]]:
+        """``((topic, partition), offset, high watermark)`` of the partitions whose fetches have returned
+        nothing for ``stall_s`` while the broker reports records after our offset (checked once a second,
+        when a poll came back empty).
+
+        Only while the broker answers: a broker that is down or frozen
+        answers nothing (``rxidle`` in librdkafka's statistics grows), and
+        that is an outage to wait out, not a fetch wait to lengthen.
+        """
+        now = time.monotonic()
+        if now < self._rk_next_check or not self._rk_assigned:
+            return []
+        self._rk_next_check = now + 1.0
+        if self._rk_rxidle_s is None or self._rk_rxidle_s > 1.0:
+            self._rk_behind.clear()
+            return []
+        from confluent_kafka import TopicPartition
+
+        stuck = []
+        for tp in rk.position([TopicPartition(t, p) for t, p in sorted(self._rk_assigned)]):
+            key = (tp.topic, tp.partition)
+            pos = tp.offset
+            if pos < 0:             # nothing consumed since the assignment: faust's next offset to read
+                pos = self._read_offset.get(self._new_topicpartition(*key))
+                pos = -1 if pos is None else pos
+            hw = rk.get_watermark_offsets(tp, cached=True)[1]
+            if not 0 <= pos < hw:
+                self._rk_behind.pop(key, None)
+                continue
+            at, since = self._rk_behind.setdefault(key, (pos, now))
+            if at != pos:
+                self._rk_behind[key] = (pos, now)
+            elif now - since >= self.stall_s:
+                stuck.append((key, pos, hw))
+        return stuck
+
+    def _fetch_longer(self, rk: Any, stuck: list[tuple[tuple[str, int], int, int]]) -> Any:
+        """Fetch with the next longer wait of :attr:`longer_waits`: a new librdkafka consumer; the old one
+        is closed and the partitions start again from the group's committed offsets (what was handled
+        since is skipped, by offset, as after any reassignment).
+
+        Why: a broker that needs longer than ``fetch.wait.max.ms`` to read a
+        partition's record batches may answer the fetch with no records at
+        all (Tansu on ``s3://`` storage does, for partitions of a few dozen
+        batches), and the worker would never get further; no error says so.
+        """
+        wait = int(self.rk_config.get("fetch.wait.max.ms", 500))
+        longer = next((w for w in self.longer_waits if w > wait), None)
+        parts = ", ".join(f"{t}[{p}] at {pos} of {hw}" for (t, p), pos, hw in stuck)
+        if longer is None:
+            if not getattr(self, "_rk_warned", False):
+                self._rk_warned = True
+                self.log.error("no records fetched for %.0fs while records wait (%s), even with "
+                               "fetch.wait.max.ms=%d", self.stall_s, parts, wait)
+            return rk
+        self.log.warning("no records fetched for %.0fs while records wait (%s): the broker takes longer than "
+                         "fetch.wait.max.ms=%d to read them and answers empty (Tansu on s3:// storage does); "
+                         "fetching with %d ms from now on (--fetch-wait-ms starts there)",
+                         self.stall_s, parts, wait, longer)
+        self.rk_config = {**self.rk_config, "fetch.wait.max.ms": longer}
+        self._rk_consumer = None
+        rk.close()
+        return self._rk()
 
     def _sync_assignment(self, rk: Any, want: set[tuple[str, int]]) -> None:
         from confluent_kafka import OFFSET_STORED, TopicPartition
@@ -224,6 +308,8 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
                 if not msgs:
                     first = await loop.run_in_executor(None, rk.poll, 0.05)
                     if first is None:
+                        if stuck := self._stalled(rk):
+                            rk = self._fetch_longer(rk, stuck)
                         continue
                     msgs = [first, *rk.consume(self.poll_max - 1, 0)]
                 if not self.flow_active or self.app.consumer_generation_id != generation:

@@ -56,9 +56,10 @@ class Settings(BaseSettings):
     fetch_wait_ms: int = Field(
         5, ge=1, le=60_000,
         description="Most milliseconds the broker may hold a fetch of the events/labels topics (librdkafka "
-                    "fetch.wait.max.ms): the latency floor of a worker that keeps up. Use >= 500 with an "
-                    "embedded broker on s3:// storage: it answers a fetch with no records when reading a "
-                    "partition's batches takes longer, and a worker would never get further.")
+                    "fetch.wait.max.ms): the latency floor of a worker that keeps up. An embedded broker on "
+                    "s3:// storage answers a fetch with no records when reading a partition's batches takes "
+                    "longer: a worker that sees records waiting and none fetched for 3 s fetches with 500 ms "
+                    "(then 5,000) from then on and logs it; start at 500 there to skip that stall.")
     commit_interval_s: float = Field(
         0.5, gt=0,
         description="Seconds between flushes (outputs delivered, then the changelog, then the local state; "

@@ -219,19 +219,22 @@ def test_broker_sigkill_and_restart_worker_resumes(s3_broker, broker, tmp_path):
           f"run {run.wall_s:.1f}s (reference {ref_run.wall_s:.1f}s)")
 
 
-def test_worker_drains_a_topic_of_many_small_batches_on_s3(s3_broker, tmp_path):
+@pytest.mark.parametrize("fetch_wait_ms", [5, 500])
+def test_worker_drains_a_topic_of_many_small_batches_on_s3(s3_broker, tmp_path, fetch_wait_ms):
     """No broker kill: 100 small produce batches on one partition; the worker must answer every event.
 
-    With fetch_wait_ms at its default (5) this stalls: Tansu on s3:// answers a
-    fetch with no records when reading the batches takes longer than the
-    wait, so the worker never gets further (tests/integration/test_broker.py
-    shows the broker side).
+    Tansu on s3:// answers a fetch with no records when reading the batches
+    takes longer than the fetch wait (tests/integration/test_broker.py shows
+    the broker side). With 500 ms it never does here; with the default (5)
+    the worker stalled for good after ~120 events, until it learnt to notice:
+    records waiting, none fetched for 3 s, so it fetches with 500 ms from
+    then on, and says so in its log.
     """
     stream = tmp_path / "elec2.jsonl"
     convert("elec2", stream, limit=4_000)
     ids, _, _ = stream_ids(stream, "elec2")
     s = make_run_settings(s3_broker.bootstrap, tmp_path, "manybatches", pipeline="elec2", partitions=1,
-                          batch_max=BATCH_MAX, fetch_wait_ms=500)     # 5 ms (the default) stalls on s3://
+                          batch_max=BATCH_MAX, fetch_wait_ms=fetch_wait_ms)
     log = tmp_path / "worker.log"
     proc = start_worker(s, log)
     reader = OutputReader(s)
@@ -245,6 +248,7 @@ def test_worker_drains_a_topic_of_many_small_batches_on_s3(s3_broker, tmp_path):
     finally:
         stop_worker(proc)
         reader.close()
+    assert ("fetching with 500 ms from now on" in log.read_text()) == (fetch_wait_ms == 5)
 
 
 @pytest.mark.slow

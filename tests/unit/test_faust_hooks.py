@@ -259,3 +259,50 @@ def test_create_app_installs_batch_consumer(tmp_path: Path, monkeypatch: pytest.
     # the scorer acknowledges a batch's offsets itself, once the flush that covers it is written
     assert c.defer_acks is True and app.scorer.acker == c.ack_offsets
     assert BatchConsumer.defer_acks is False
+
+
+class _FakeRk:
+    """The two librdkafka consumer calls the stall check makes: positions and cached watermarks."""
+
+    def __init__(self, position: int, high: int) -> None:
+        self.position_, self.high = position, high
+
+    def position(self, tps: list[Any]) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition(tp.topic, tp.partition, self.position_) for tp in tps]
+
+    def get_watermark_offsets(self, tp: Any, cached: bool = False) -> tuple[int, int]:
+        return 0, self.high
+
+
+def _stall_checker(rxidle_us: int) -> Any:
+    c = _faust_hooks.LibrdkafkaBatchConsumer.__new__(_faust_hooks.LibrdkafkaBatchConsumer)
+    c.stall_s = 3.0
+    c._rk_assigned = {("events", 0)}
+    c._rk_behind = {}
+    c._rk_next_check = 0.0
+    c._read_offset = {}
+    c._on_stats('{"brokers": {"127.0.0.1:9092/1": {"nodeid": 1, "rxidle": %d},'
+                ' "127.0.0.1:9092/bootstrap": {"nodeid": -1, "rxidle": 99000000}}}' % rxidle_us)
+    return c
+
+
+@pytest.mark.parametrize("rxidle_us, stalls", [(2_000, True), (5_000_000, False)],
+                         ids=["fetches-answered-empty", "broker-silent"])
+def test_a_stalled_fetch_is_told_from_an_outage_by_the_brokers_answers(monkeypatch, rxidle_us, stalls):
+    """Records wait (high watermark 90 > offset 10) and none come for longer than ``stall_s``: a stall
+    to fetch more slowly for when the broker keeps answering (the s3:// quirk), an outage to wait
+    out when it has answered nothing for seconds (librdkafka's ``rxidle``)."""
+    now = [1000.0]
+    monkeypatch.setattr(_faust_hooks.time, "monotonic", lambda: now[0])
+    c, rk = _stall_checker(rxidle_us), _FakeRk(10, 90)
+    seen = []
+    for _ in range(5):                   # a check a second, the offset never moving
+        seen.append(c._stalled(rk))
+        now[0] += 1.0
+    assert (seen[-1] == [(("events", 0), 10, 90)]) is stalls
+    assert seen[:3] == [[], [], []]      # not before stall_s (3 s) at the same offset
+    rk.position_ = 90                    # caught up: nothing waits, nothing stalls
+    now[0] += 1.0
+    assert c._stalled(rk) == []
