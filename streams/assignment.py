@@ -79,16 +79,16 @@ def standbys(actives: Mapping[str, set[int]], replicas: int,
     clients other than its owner (fewer when there are not that many), as evenly spread as can be.
 
     ``replicas`` -1: every client keeps every partition it does not own; 0: none. ``before``: each
-    client's standbys of the last assignment. Those copies are kept first, as far as the spread
-    allows (no client over its share): a kept copy is caught up, a new one starts from nothing. The
-    rest is dealt to the clients with the fewest, the owners' partitions taken in turn; then copies
-    move from the fullest clients to the emptiest until no two differ by more than one (or no move
-    is allowed: a client never keeps a copy of what it owns).
+    client's standbys of the last assignment. Those copies are kept first (a kept copy is caught up,
+    a new one starts from nothing); the rest is dealt to the clients with the fewest, the owners'
+    partitions taken in turn; then copies move from the fullest clients to the emptiest until no
+    two differ by more than one, or no move is allowed (a client never keeps a copy of what it
+    owns). So a deal made again from itself moves nothing.
 
     >>> standbys({"a": {0, 1}, "b": {2, 3}, "c": {4, 5}}, 1)
     {'a': {2, 4}, 'b': {0, 5}, 'c': {1, 3}}
     >>> standbys({"a": {0, 1}, "b": {2, 3}, "c": {4, 5}}, 1, before={"a": {4, 5}, "c": {0, 2, 3}})
-    {'a': {3, 5}, 'b': {1, 4}, 'c': {0, 2}}
+    {'a': {4, 5}, 'b': {0, 1}, 'c': {2, 3}}
     >>> standbys({"a": {0, 1}, "b": {2, 3}}, -1)
     {'a': {2, 3}, 'b': {0, 1}}
     """
@@ -100,11 +100,10 @@ def standbys(actives: Mapping[str, set[int]], replicas: int,
     if replicas <= 0:
         return out
     owner = {p: c for c, ps in actives.items() for p in ps}
-    share = -(-len(parts) * replicas // len(actives))          # the most any client should keep
     copies = dict.fromkeys(parts, 0)
-    for c in sorted(out):                                       # the copies already there, within shares
+    for c in sorted(out):                                       # the copies already there
         for p in sorted((before or {}).get(c, ())):
-            if p in owner and owner[p] != c and copies[p] < replicas and len(out[c]) < share:
+            if p in owner and owner[p] != c and copies[p] < replicas:
                 out[c].add(p)
                 copies[p] += 1
     # the owners' partitions in turn (a's first, b's first, ..., a's second, ...): dealt in plain order,

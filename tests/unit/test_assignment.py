@@ -10,7 +10,7 @@ import pytest
 from faust.assignor.client_assignment import CopartitionedAssignment
 from faust.assignor.partition_assignor import PartitionAssignor
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
@@ -74,8 +74,11 @@ def deals(draw):
 
 
 @given(deals())
+@example(({"c0": {0, 2, 3, 4, 5}, "c1": set(), "c2": {1}}, 1, {"c0": set(), "c1": {1}, "c2": set()}))
 @hsettings(max_examples=300, deadline=None)
 def test_standbys_are_counted_spread_and_never_the_owners(deal):
+    # the example: a deal where one client must keep more than an even share (c0 owns five of six,
+    # so c1 and c2 hold their five copies), which a share cap on the kept copies moved again
     actives, replicas, before = deal
     out = standbys(actives, replicas, before)
     parts = {p for ps in actives.values() for p in ps}
