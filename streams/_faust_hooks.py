@@ -183,6 +183,9 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
             self._rk_generation: int | None = None
             self._rk_behind: dict[tuple[str, int], tuple[int, float]] = {}   # since when at this offset
             self._rk_next_check = time.monotonic() + self.stall_s
+            report = getattr(self.app, "on_fetch_wait", None)
+            if report is not None:
+                report(int(self.rk_config.get("fetch.wait.max.ms", 500)))
         return rk
 
     def _on_stats(self, raw: str) -> None:

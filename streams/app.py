@@ -34,6 +34,8 @@ class StreamscoreApp(faust.App):
     partition_weights: Any = None
     #: standby copies of each partition the leader deals (streams.assignment.standbys)
     standby_replicas: int = 0
+    #: told the fetcher's fetch.wait.max.ms whenever its librdkafka consumer is made (a gauge)
+    on_fetch_wait: Any = None
 
     def _new_transport(self) -> Any:
         cls = (_faust_hooks.LibrdkafkaBatchTransport if self.fetcher == "librdkafka"
@@ -118,6 +120,7 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
     app.standby_replicas = settings.standby_replicas if settings.changelog and settings.standby_interval_s > 0 else 0
     scorer = BatchScorer(settings, spec)
     app.scorer = scorer
+    app.on_fetch_wait = scorer.metrics.fetch_wait_ms.set
     channel = app.topic(settings.topic("events"), settings.topic("labels"),
                         key_serializer="raw", value_serializer="raw")
 

@@ -249,6 +249,11 @@ class Metrics:
             "streamscore_state_standby_applied_records",
             "Changelog records applied to this worker's standby copies of partitions it does not own.",
             registry=r)
+        self.fetch_wait_ms = Gauge(
+            "streamscore_worker_fetch_wait_ms",
+            "fetch.wait.max.ms of the worker's events/labels fetcher: fetch_wait_ms, or longer once a fetch "
+            "stalled (a broker on s3:// storage answering empty; streams/_faust_hooks.py).",
+            registry=r)
         self.standby_partitions = Gauge(
             "streamscore_state_standby_partitions",
             "Partitions this worker keeps a standby copy of (dealt by the group leader: standby_replicas).",

@@ -46,6 +46,7 @@ from confluent_kafka import Producer
 from streams.broker import EmbeddedBroker, LocalS3
 from streams.datasets import convert
 from streams.demo import OutputReader, start_worker, stop_worker, wait_ready
+from streams.metrics import scrape, total
 from streams.replay import replay
 from streams.settings import Settings
 from streams.spec import load_spec
@@ -245,6 +246,8 @@ def test_worker_drains_a_topic_of_many_small_batches_on_s3(s3_broker, tmp_path, 
             replay(part, s, producer=producer)          # flushed: at least one batch (one object) per part
         wait_for(lambda: not ids.difference(reader.predictions), "every event answered", [proc], log,
                  timeout=20, poll=lambda: reader.poll(0.2))
+        assert total(scrape(f"http://{s.metrics_host}:{s.metrics_port}/metrics"),
+                     "streamscore_worker_fetch_wait_ms") == 500           # as configured, or switched to
     finally:
         stop_worker(proc)
         reader.close()
