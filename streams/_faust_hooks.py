@@ -218,11 +218,13 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
         stuck = []
         for tp in rk.position([TopicPartition(t, p) for t, p in sorted(self._rk_assigned)]):
             key = (tp.topic, tp.partition)
+            lo, hw = rk.get_watermark_offsets(tp, cached=True)
             pos = tp.offset
-            if pos < 0:             # nothing consumed since the assignment: faust's next offset to read
-                pos = self._read_offset.get(self._new_topicpartition(*key))
-                pos = -1 if pos is None else pos
-            hw = rk.get_watermark_offsets(tp, cached=True)[1]
+            if pos < 0:
+                # nothing consumed since the assignment: faust's next offset to read (the group's
+                # committed offset), or, with none committed, the log start (auto.offset.reset)
+                nxt = self._read_offset.get(self._new_topicpartition(*key))
+                pos = nxt if nxt is not None and nxt >= 0 else max(lo, 0)
             if not 0 <= pos < hw:
                 self._rk_behind.pop(key, None)
                 continue

@@ -220,8 +220,9 @@ def test_broker_sigkill_and_restart_worker_resumes(s3_broker, broker, tmp_path):
           f"run {run.wall_s:.1f}s (reference {ref_run.wall_s:.1f}s)")
 
 
-@pytest.mark.parametrize("fetch_wait_ms", [5, 500])
-def test_worker_drains_a_topic_of_many_small_batches_on_s3(s3_broker, tmp_path, fetch_wait_ms):
+@pytest.mark.parametrize("fetch_wait_ms, before_start", [(5, False), (5, True), (500, False)],
+                         ids=["5ms", "5ms-stalled-from-the-start", "500ms"])
+def test_worker_drains_a_topic_of_many_small_batches_on_s3(s3_broker, tmp_path, fetch_wait_ms, before_start):
     """No broker kill: 100 small produce batches on one partition; the worker must answer every event.
 
     Tansu on s3:// answers a fetch with no records when reading the batches
@@ -229,7 +230,9 @@ def test_worker_drains_a_topic_of_many_small_batches_on_s3(s3_broker, tmp_path, 
     the broker side). With 500 ms it never does here; with the default (5)
     the worker stalled for good after ~120 events, until it learnt to notice:
     records waiting, none fetched for 3 s, so it fetches with 500 ms from
-    then on, and says so in its log.
+    then on, and says so in its log. ``before_start``: the batches are all
+    there before the worker starts, so it stalls before it has consumed a
+    record (no position yet: its offset is the group's, or the log start).
     """
     stream = tmp_path / "elec2.jsonl"
     convert("elec2", stream, limit=4_000)
@@ -237,13 +240,20 @@ def test_worker_drains_a_topic_of_many_small_batches_on_s3(s3_broker, tmp_path, 
     s = make_run_settings(s3_broker.bootstrap, tmp_path, "manybatches", pipeline="elec2", partitions=1,
                           batch_max=BATCH_MAX, fetch_wait_ms=fetch_wait_ms)
     log = tmp_path / "worker.log"
+
+    def produce() -> None:
+        producer = Producer(s.producer_config(**{"client.id": f"{s.app_id}-replay"}))
+        for part in split_stream(stream, [i / 100 for i in range(1, 100)]):
+            replay(part, s, producer=producer)          # flushed: at least one batch (one object) per part
+
+    if before_start:
+        produce()
     proc = start_worker(s, log)
     reader = OutputReader(s)
     try:
         wait_ready(s, proc, log, timeout=90)
-        producer = Producer(s.producer_config(**{"client.id": f"{s.app_id}-replay"}))
-        for part in split_stream(stream, [i / 100 for i in range(1, 100)]):
-            replay(part, s, producer=producer)          # flushed: at least one batch (one object) per part
+        if not before_start:
+            produce()
         wait_for(lambda: not ids.difference(reader.predictions), "every event answered", [proc], log,
                  timeout=20, poll=lambda: reader.poll(0.2))
         assert total(scrape(f"http://{s.metrics_host}:{s.metrics_port}/metrics"),
