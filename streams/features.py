@@ -1291,7 +1291,7 @@ class _TumblingGroup:
     Why: their entities are the same (an event updates every definition over
     its key), so one key holds them all, and a flush writes, and the
     changelog carries, one record per entity instead of one per definition:
-    the benchmarks' ``full`` pipeline went from 4.1 to 2.1 store writes per
+    the benchmarks' ``full`` pipeline went from 4.1 to 2.0 store writes per
     event. The value is ``b"G"`` then, per definition, its state-key prefix
     (12 bytes, which changes with the definition) and its packed state (41
     bytes, as a lone definition stores it). A definition added to the spec
@@ -1313,6 +1313,11 @@ class _TumblingGroup:
             raise ValueError(f"not a tumbling group value ({len(raw)} bytes)")
         return {raw[i:i + 12]: raw[i + 12:i + _SEGMENT] for i in range(1, len(raw), _SEGMENT)}
 
+    def stored(self, entity: str, load: Callable[[str], bytes | None]) -> dict[bytes, bytes]:
+        """The packed states the store holds for ``entity``, by definition prefix (empty: none)."""
+        raw = load(self.prefix + entity)
+        return {} if raw is None else self.segments(raw)
+
     def load_missing(self, base: Sequence[str], load: Callable[[str], bytes | None]) -> None:
         """Install the stored state of every entity of ``base`` a member table does not hold."""
         groups: dict[str, dict[bytes, bytes]] = {}
@@ -1320,11 +1325,8 @@ class _TumblingGroup:
             for k in table.missing(base):
                 segs = groups.get(k)
                 if segs is None:
-                    raw = load(self.prefix + k)
-                    segs = groups[k] = {} if raw is None else self.segments(raw)
-                packed = segs.get(pb)
-                if packed is None:
-                    packed = load(prefix + k)           # a store from before the groups
+                    segs = groups[k] = self.stored(k, load)
+                packed = segs.get(pb) or load(prefix + k)       # else: a store from before the groups
                 if packed is not None:
                     table.load(k, *Windows.decode(packed))
 
@@ -1342,21 +1344,18 @@ class _TumblingGroup:
             pbs = [pb for _, pb, _ in self.members]
             return [(k, _GROUP_TAG + b"".join(b for pb, (_, v) in zip(pbs, row) for b in (pb, v)))
                     for k, row in zip(keys, zip(*taken))]
-        dirty = [(pb, dict(t)) for (_, pb, _), t in zip(self.members, taken)]
+        dirty = [(prefix, pb, dict(t)) for (prefix, pb, _), t in zip(self.members, taken)]
         out = []
-        for k in dict.fromkeys(k for _, d in dirty for k in d):
+        for k in dict.fromkeys(k for _, _, d in dirty for k in d):
             parts: list[bytes] = []
             stored: dict[bytes, bytes] | None = None
             entity = k[len(gp):].decode("utf-8")
-            for pb, d in dirty:
+            for prefix, pb, d in dirty:
                 packed = d.get(k)
                 if packed is None:                  # not written by this member since the last flush
                     if stored is None:
-                        raw = load(self.prefix + entity)
-                        stored = {} if raw is None else self.segments(raw)
-                    packed = stored.get(pb)
-                    if packed is None:
-                        packed = load(pb.decode() + entity)
+                        stored = self.stored(entity, load)
+                    packed = stored.get(pb) or load(prefix + entity)
                 if packed is not None:
                     parts += (pb, packed)
             out.append((k, _GROUP_TAG + b"".join(parts)))
@@ -1518,6 +1517,14 @@ class Windows:
         whose members did not all write an entity (:class:`_TumblingGroup`);
         needed when the spec has such groups.
         """
+        def put_packed(entries: list[tuple[bytes, bytes]]) -> int:
+            if put_many is not None:
+                put_many(entries)
+            else:
+                for key_bytes, raw in entries:
+                    put(key_bytes.decode("utf-8"), raw)
+            return len(entries)
+
         n = 0
         done: set[int] = set()
         for i, p in enumerate(self._plan):
@@ -1526,13 +1533,7 @@ class Windows:
             if group is not None:
                 if id(group) not in done:
                     done.add(id(group))
-                    entries = group.take_dirty(get if get is not None else _no_store)
-                    if put_many is not None:
-                        put_many(entries)
-                    else:
-                        for key_bytes, raw in entries:
-                            put(key_bytes.decode("utf-8"), raw)
-                    n += len(entries)
+                    n += put_packed(group.take_dirty(get if get is not None else _no_store))
                     group.bound(self.max_cached)
                 continue
             if isinstance(table, (_Sliding, _Keyed, _GraceSessions)):
@@ -1541,13 +1542,7 @@ class Windows:
                     n += 1
                 table.bound(self.max_cached)
                 continue
-            entries = table.take_dirty_packed(p[2].encode())
-            if put_many is not None:
-                put_many(entries)
-            else:
-                for key_bytes, raw in entries:
-                    put(key_bytes.decode("utf-8"), raw)
-            n += len(entries)
+            n += put_packed(table.take_dirty_packed(p[2].encode()))
             if len(table) > self.max_cached:
                 table.clear()
         return n
