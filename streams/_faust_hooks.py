@@ -169,6 +169,12 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
     stall_s: float = 3.0
     #: the fetch waits (``fetch.wait.max.ms``) tried in turn on such a stall
     longer_waits: tuple[int, ...] = (500, 5_000)
+    _rk_warned: bool = False        # the longest wait stalled too, and that was logged
+
+    @property
+    def fetch_wait_ms(self) -> int:
+        """The fetch wait the librdkafka consumer is (or will be) made with."""
+        return int(self.rk_config.get("fetch.wait.max.ms", 500))
 
     def _rk(self) -> Any:
         rk = getattr(self, "_rk_consumer", None)
@@ -185,7 +191,7 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
             self._rk_next_check = time.monotonic() + self.stall_s
             report = getattr(self.app, "on_fetch_wait", None)
             if report is not None:
-                report(int(self.rk_config.get("fetch.wait.max.ms", 500)))
+                report(self.fetch_wait_ms)
         return rk
 
     def _on_stats(self, raw: str) -> None:
@@ -245,11 +251,11 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
         all (Tansu on ``s3://`` storage does, for partitions of a few dozen
         batches), and the worker would never get further; no error says so.
         """
-        wait = int(self.rk_config.get("fetch.wait.max.ms", 500))
+        wait = self.fetch_wait_ms
         longer = next((w for w in self.longer_waits if w > wait), None)
         parts = ", ".join(f"{t}[{p}] at {pos} of {hw}" for (t, p), pos, hw in stuck)
         if longer is None:
-            if not getattr(self, "_rk_warned", False):
+            if not self._rk_warned:
                 self._rk_warned = True
                 self.log.error("no records fetched for %.0fs while records wait (%s), even with "
                                "fetch.wait.max.ms=%d", self.stall_s, parts, wait)

@@ -116,8 +116,9 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
     app.fetcher = settings.fetcher
     if settings.assign_by_backlog:
         app.partition_weights = backlogs(settings)
+    standbys_on = settings.changelog and settings.standby_interval_s > 0
     # how many standby copies of each partition the group leader deals (streams/assignment.py)
-    app.standby_replicas = settings.standby_replicas if settings.changelog and settings.standby_interval_s > 0 else 0
+    app.standby_replicas = settings.standby_replicas if standbys_on else 0
     scorer = BatchScorer(settings, spec)
     app.scorer = scorer
     app.on_fetch_wait = scorer.metrics.fetch_wait_ms.set
@@ -146,7 +147,7 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
         await scorer.open_partitions({tp.partition for tp in assigned if tp.topic in scorer.batch_topics})
         scorer.metrics.assigned.set(sum(1 for tp in assigned if tp.topic == events_topic))
 
-    if settings.changelog and settings.standby_interval_s > 0:
+    if standbys_on:
         @app.timer(settings.standby_interval_s)
         async def _standbys() -> None:
             if app.rebalancing:

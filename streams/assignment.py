@@ -115,22 +115,15 @@ def standbys(actives: Mapping[str, set[int]], replicas: int,
             c = min((c for c in out if c != owner[p] and p not in out[c]), key=lambda c: (len(out[c]), c))
             out[c].add(p)
             copies[p] += 1
-    moved = True
-    while moved:        # the copies kept can leave no room where the last ones had to go: even out
-        moved = False
-        for x in sorted(out, key=lambda c: (-len(out[c]), c)):
-            for y in sorted(out, key=lambda c: (len(out[c]), c)):
-                if len(out[y]) + 1 >= len(out[x]):
-                    break
-                p = next((p for p in sorted(out[x]) if owner[p] != y and p not in out[y]), None)
-                if p is not None:
-                    out[x].discard(p)
-                    out[y].add(p)
-                    moved = True
-                    break
-            if moved:
-                break
-    return out
+    while True:         # the copies kept can leave no room where the last ones had to go: even out
+        move = next(((x, y, p) for x in sorted(out, key=lambda c: (-len(out[c]), c))
+                     for y in sorted(out, key=lambda c: (len(out[c]), c)) if len(out[y]) + 1 < len(out[x])
+                     for p in sorted(out[x]) if owner[p] != y and p not in out[y]), None)
+        if move is None:
+            return out
+        x, y, p = move
+        out[x].discard(p)
+        out[y].add(p)
 
 
 class BacklogAssignor(PartitionAssignor):
