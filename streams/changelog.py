@@ -160,8 +160,10 @@ class Changelog:
     settings included).
     """
 
-    def __init__(self, topic: str, producer_config: dict[str, Any], consumer_config: dict[str, Any]) -> None:
+    def __init__(self, topic: str, producer_config: dict[str, Any], consumer_config: dict[str, Any],
+                 compression: tuple[str, int] = ("zstd", 1)) -> None:
         self.topic = topic
+        self._compression = compression
         self._producer_config = {
             **producer_config,
             # one request in flight: a retried send may repeat a record right after itself, never
@@ -169,7 +171,10 @@ class Changelog:
             # producer state in a restart (the embedded one) makes that a fatal error.
             "enable.idempotence": False,
             "max.in.flight.requests.per.connection": 1,
-            "compression.type": "lz4",
+            # a flush's records go out at once, ~1 KB each (stored predictions): the broker's cost is
+            # per byte (Settings.compression)
+            "compression.type": compression[0],
+            "compression.level": compression[1],
             # a commit's records are sent at once and waited for: lingering only delays them
             "linger.ms": 0,
             "message.max.bytes": max(int(producer_config.get("message.max.bytes", 0)), MAX_RECORD_BYTES),
@@ -242,7 +247,7 @@ class Changelog:
         From there on every reader skips the flushes of a lower epoch
         (module docstring). With a producer of its own, as :meth:`_seed`.
         """
-        own = Changelog(self.topic, self._producer_config, self._consumer_config)
+        own = Changelog(self.topic, self._producer_config, self._consumer_config, self._compression)
         try:
             for p, epoch in epochs.items():
                 own._produce(self.topic, b"0", COMMIT_MARKER, p, _headers(origin, epoch))
@@ -458,7 +463,7 @@ class Changelog:
         in an executor) while the loop may flush the shared producer for the partitions it
         scores, and the two must not wait for, or take, each other's delivery errors.
         """
-        own = Changelog(self.topic, self._producer_config, self._consumer_config)
+        own = Changelog(self.topic, self._producer_config, self._consumer_config, self._compression)
         try:
             n = own.send(partition, entries, origin, epoch)
             errors = own.flush(60.0)

@@ -97,6 +97,20 @@ class Settings(BaseSettings):
                     "message.timeout.ms). A commit waits this long for its outputs: a broker outage shorter "
                     "than this delays commits; a longer one fails the delivery and stops the worker "
                     "(its supervisor restarts it) without losing anything.")
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "zstd",
+        description="Compression of what the worker produces (predictions, dlq, metrics, the state changelog; "
+                    "librdkafka compression.type, applied in its own threads). A prediction carries its "
+                    "features: ~1 KB of JSON, written twice (the output and its changelog copy); zstd makes "
+                    "it ~130 bytes on the wire. The embedded broker's cost is per byte (2.4 µs per "
+                    "uncompressed 1 KB record, 0.4 with zstd, 1.1 with lz4), and a broker on the worker's "
+                    "machine takes that CPU from it (BENCHMARKS.md). Readers need the codec: librdkafka has "
+                    "them all; aiokafka needs the zstandard or lz4 package.")
+    compression_level: int = Field(
+        1, ge=-1, le=12,
+        description="librdkafka compression.level of --compression (-1: the codec's default, 3 for zstd). "
+                    "zstd at 1 cost the producing client no more CPU than no compression at all here, and "
+                    "compresses a prediction 7x (3: 6.9x).")
     max_event_bytes: int = Field(1_000_000, ge=1, description="Larger records go to the dlq as 'oversized'.")
     state_dir: Path = Field(Path("state"), description="Directory of the RocksDB state stores.")
     changelog: bool = Field(
