@@ -31,7 +31,7 @@ from streams.metrics import Metrics
 from streams.processor import PartitionProcessor
 from streams.settings import Settings
 from streams.spec import PipelineSpec
-from streams.state import PartitionStore
+from streams.state import PartitionStore, remove_leftovers, remove_unused
 
 log = logging.getLogger(__name__)
 
@@ -455,6 +455,55 @@ class BatchScorer:
             self.metrics.standby_applied.inc(rec.applied)
             self.metrics.changelog_fenced.inc(rec.fenced)
         return {p: r.applied for p, r in recs.items()}
+
+    def local_copies(self) -> dict[int, Path]:
+        """``{partition: directory}`` of this pipeline's local stores on disk, open or not."""
+        parent = self.state_path(0).parent
+        prefix = f"{self._topics['events']}-"
+        out: dict[int, Path] = {}
+        if parent.is_dir():
+            for d in parent.iterdir():
+                tail = d.name[len(prefix):]
+                if d.name.startswith(prefix) and tail.isdigit() and d.is_dir():
+                    out[int(tail)] = d
+        return out
+
+    async def remove_stale(self, keep: Iterable[int], now: float | None = None) -> list[int]:
+        """Delete the local copies of partitions not in ``keep`` (owned or dealt here) and unused for
+        ``state_cleanup_delay_s``; the partitions deleted.
+
+        "Unused" is the directory's modification time: a store's close and
+        each standby refresh set it. A copy open in another process (a worker
+        sharing this state directory) is skipped by its lock
+        (:func:`streams.state.remove_unused`); one open here, or being opened
+        or refreshed, is skipped here, and an opening waits for a deletion in
+        progress. Only with the changelog on: without it a local copy is the
+        only copy of the partition's state.
+        """
+        delay = self.settings.state_cleanup_delay_s
+        if self.changelog is None or delay <= 0 or self._failed is not None:
+            return []
+        now = time.time() if now is None else now
+        keep = set(keep)
+        old = {p: d for p, d in self.local_copies().items()
+               if p not in keep and p not in self.processors and p not in self._opening
+               and now - d.stat().st_mtime >= delay}
+        if not old:
+            return []
+
+        def remove() -> list[int]:
+            gone = [p for p, d in sorted(old.items()) if remove_unused(d)]
+            remove_leftovers(self.state_path(0).parent)
+            return gone
+
+        task = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(None, remove))
+        self._track(sorted(old), task)
+        gone = await task
+        if gone:
+            self.metrics.stores_removed.inc(len(gone))
+            log.info("deleted the local copies of partitions %s: unused for %.0fs, owned and followed elsewhere",
+                     gone, delay)
+        return gone
 
     def processor(self, partition: int, store: PartitionStore | None = None) -> PartitionProcessor:
         proc = self.processors.get(partition)

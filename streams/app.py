@@ -13,6 +13,7 @@ reach :class:`~streams.agents.BatchScorer` as whole partition-batches.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import faust
@@ -133,6 +134,8 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
     scorer.lease = lease                  # expelled while not running: close() loses, not flushes
     scorer.generation = lambda: app.consumer_generation_id
 
+    joined = asyncio.Event()              # set at the first assignment: the group has dealt partitions
+
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
         parts = {tp.partition for tp in revoked if tp.topic in scorer.batch_topics}
@@ -143,6 +146,7 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
     @app.on_partitions_assigned.connect
     async def _assigned(sender: Any, assigned: Any, **_: Any) -> None:
         lease.joined()
+        joined.set()
         # recover every assigned partition's state now, together: "assigned" on /metrics means ready
         await scorer.open_partitions({tp.partition for tp in assigned if tp.topic in scorer.batch_topics})
         scorer.metrics.assigned.set(sum(1 for tp in assigned if tp.topic == events_topic))
@@ -155,6 +159,17 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
             owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_topic}
             dealt = {tp.partition for tp in app.assignor.assigned_standbys() if tp.topic == events_topic}
             await scorer.refresh_standbys(dealt - owned)
+
+    if settings.changelog and settings.state_cleanup_delay_s > 0:
+        @app.timer(max(1.0, min(60.0, settings.state_cleanup_delay_s / 4)))
+        async def _remove_stale() -> None:
+            # only as a member of a settled group: what is "not here" is known then
+            if not joined.is_set() or app.rebalancing or not lease.valid():
+                return
+            owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_topic}
+            dealt = ({tp.partition for tp in app.assignor.assigned_standbys() if tp.topic == events_topic}
+                     if standbys_on else set())
+            await scorer.remove_stale(owned | dealt)
 
     app.sensors.add(CommitSensor(scorer))
     rk_config = settings.consumer_config(group=settings.app_id, **{

@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_flags(sp, *KAFKA, "app_id", "pipeline", "partitions", "session_timeout_s", "fetcher", "batch_max",
                     "fetch_wait_ms", "commit_interval_s", "delivery_timeout_s", "compression",
                     "compression_level", "max_event_bytes", "state_dir", "changelog", "standby_interval_s",
-                    "standby_replicas", "assign_by_backlog", "dedupe_ttl_s", "snapshot_key", "device", "torch_threads",
+                    "standby_replicas", "state_cleanup_delay_s", "assign_by_backlog", "dedupe_ttl_s", "snapshot_key", "device", "torch_threads",
                     "checkpoint_dir", "checkpoint_interval_s", "gc_gen0", "web_port", "metrics_host",
                     "metrics_port", "metrics_interval_s", "log_level")
     sp.set_defaults(func=cmd_worker)

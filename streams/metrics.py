@@ -258,6 +258,10 @@ class Metrics:
             "streamscore_state_standby_partitions",
             "Partitions this worker keeps a standby copy of (dealt by the group leader: standby_replicas).",
             registry=r)
+        self.stores_removed = Counter(
+            "streamscore_state_stores_removed",
+            "Local copies of partitions deleted after state_cleanup_delay_s unused (moved elsewhere).",
+            registry=r)
         self.checkpoint_swaps = Counter("streamscore_model_checkpoint_swaps",
                                         "Torch checkpoints hot-swapped into this worker.", ["model"], registry=r)
         self.rule_hits = Counter("streamscore_rule_hits", "Events a rule matched, by rule name.", ["rule"],

@@ -85,6 +85,13 @@ class Settings(BaseSettings):
                     "num.standby.replicas), dealt by the group leader: 1 survives the loss of one worker "
                     "without a full changelog read. -1: every worker keeps every partition it does not own "
                     "(disk and changelog reads grow with the workers); 0: none.")
+    state_cleanup_delay_s: float = Field(
+        600.0, ge=0,
+        description="Seconds a local copy of a partition may go unused (not owned, not dealt to this worker "
+                    "as a standby, not opened) before it is deleted from disk (Kafka Streams' "
+                    "state.cleanup.delay.ms). A copy another worker on this state directory has open is "
+                    "never deleted. Only with the changelog on, which holds every partition's state: "
+                    "without it a local copy is the only one. 0: keep every copy.")
     assign_by_backlog: bool = Field(
         True,
         description="Deal the events/labels partitions among the group's workers by backlog (records not yet "

@@ -18,6 +18,10 @@ commits offsets (commit order: outputs -> state -> offsets). Values are bytes
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -276,3 +280,65 @@ class PartitionStore:
         if not self.wal:
             self._db.flush(True)      # the memtable to disk: a clean close loses nothing without the WAL
         self._db.close()
+        try:
+            os.utime(self.path)       # last used now: what remove_unused's callers age a store by
+        except OSError:
+            pass
+
+
+#: the name a store's directory takes while :func:`remove_unused` deletes it (never opened as a store)
+_REMOVING = ".removing-"
+
+
+def remove_unused(path: str | Path) -> bool:
+    """Delete the store at ``path`` if no process has it open; True if it was deleted.
+
+    Why: a worker keeps a local copy of each partition it owned or followed
+    as a standby; when the partition goes elsewhere for good, the copy would
+    stay on disk for ever. Deleting it is safe only when nobody uses it, and
+    other workers may share this state directory (``--workers N``). So this
+    takes the store's own lock, RocksDB's ``LOCK`` file, with the same kind of
+    lock RocksDB takes (``fcntl``, whole file): a process that opens the store
+    meanwhile fails with a lock error, as it does while another process has the
+    store open, and waits or skips it. Holding the lock, the directory is
+    renamed away, so whoever opens the store after gets a new, empty one and
+    recovers it from the changelog; then the renamed directory is deleted.
+
+    Not for a store open in this process: ``fcntl`` locks do not exclude the
+    process that holds them (callers skip the partitions they have open).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     s = PartitionStore(d + "/p0"); s.put("a", b"1"); s.close()
+    ...     remove_unused(d + "/p0"), Path(d + "/p0").exists()
+    (True, False)
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path / "LOCK", os.O_RDWR)
+    except FileNotFoundError:
+        if not path.is_dir():
+            return False
+        fd = None                     # a directory with no store in it (never opened): nobody holds it
+    try:
+        if fd is not None:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False          # open in another process
+        gone = path.with_name(f".{path.name}{_REMOVING}{os.getpid()}-{time.monotonic_ns()}")
+        path.rename(gone)
+    finally:
+        if fd is not None:
+            os.close(fd)              # releases the lock
+    shutil.rmtree(gone, ignore_errors=True)
+    return True
+
+
+def remove_leftovers(parent: str | Path) -> int:
+    """Delete what a :func:`remove_unused` interrupted half-way (a crash) left under ``parent``."""
+    n = 0
+    for d in Path(parent).glob(f".*{_REMOVING}*"):
+        shutil.rmtree(d, ignore_errors=True)
+        n += 1
+    return n

@@ -122,3 +122,32 @@ def test_redelivered_prediction_is_byte_identical(worker, broker):
     c.close()
     e0 = [v for v in values if orjson.loads(v)["event_id"] == "e0"]
     assert len(e0) == 2 and e0[0] == e0[1]
+
+
+def test_a_running_worker_deletes_a_stale_local_copy_and_keeps_its_own(worker):
+    """The worker's timer (streams/app.py) passes what it owns and follows to BatchScorer.remove_stale:
+    a copy of a partition it neither owns nor follows, unused past state_cleanup_delay_s, goes;
+    the store of the partition it scores stays (unit tests: tests/unit/test_state_cleanup.py)."""
+    import os
+
+    from streams.state import PartitionStore
+
+    s, proc = worker(state_cleanup_delay_s=2.0)
+    parent = s.state_dir / s.app_id / "elec2"
+    stale = PartitionStore(parent / f"{s.topic('events')}-3")      # a partition owned elsewhere now
+    stale.put("k", b"v")
+    stale.close()
+    os.utime(stale.path, (time.time() - 60, time.time() - 60))
+    reader = OutputReader(s)
+    produce(s, [event(0)])
+    wait_for(reader, 1, worker=proc)
+    own = parent / f"{s.topic('events')}-0"
+    deadline = time.monotonic() + 30
+    while stale.path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not stale.path.exists(), "the stale copy is still there"
+    assert own.exists() and proc.poll() is None
+    produce(s, [event(1)])                                           # and the owned partition still scores
+    wait_for(reader, 2, worker=proc)
+    assert own.exists()
+    reader.close()
