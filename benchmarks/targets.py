@@ -223,9 +223,9 @@ class _WorkerInstance(Instance):
                 broker=self.broker, app_id=f"{self.tag}-app", topic_prefix=f"{self.tag}-",
                 pipeline=self.pipeline, partitions=self.partitions,
                 state_dir=self.workdir / f"{self.tag}-state{i}", web_port=free_port(),
-                metrics_port=free_port(), session_timeout_s=6.0, log_level="warning",
+                metrics_port=free_port(), session_timeout_s=6.0,
                 checkpoint_dir=self.workdir / "checkpoints",
-                **self.overrides))  # type: ignore[arg-type] - strings, coerced by Settings
+                **{"log_level": "warning", **self.overrides}))  # type: ignore[arg-type] - strings, coerced
         s = self.settings[0]
         self.input_topic = s.topic("events")
         self.output_topics = (s.topic("predictions"),)

@@ -75,10 +75,13 @@ class Settings(BaseSettings):
                     "newest event is this much later, so state stays bounded. A redelivery or label later "
                     "than that is treated as new. 0: remembered for ever.")
     standby_interval_s: float = Field(
-        10.0, ge=0,
+        2.0, ge=0,
         description="Seconds between two refreshes of this worker's standby replicas: local copies of "
                     "partitions it does not own, caught up with their changelogs, so a takeover reads only "
-                    "what was written since (0: no standbys; needs the changelog). How many: standby_replicas.")
+                    "what was written since (0: no standbys; needs the changelog). How many: standby_replicas. "
+                    "Each refresh costs ~13 ms of CPU plus ~2 µs per record applied, on a thread beside the "
+                    "batches: 10 s of a busy partition applied at once stalled the scoring for up to a second "
+                    "(BENCHMARKS.md, \"Standby refreshes\"), so refreshes are small and often.")
     standby_replicas: int = Field(
         1, ge=-1,
         description="Standby copies of each partition, on workers other than its owner (Kafka Streams' "
