@@ -40,6 +40,15 @@ log = logging.getLogger(__name__)
 GAUGED_METRICS = ("accuracy", "log_loss", "roc_auc", "mae", "rmse", "mean_reward", "regret")
 
 
+def _mtime(path: Path, default: float) -> float:
+    """``path``'s modification time; ``default`` if it is gone (another worker on this state
+    directory deleted it since it was listed)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return default
+
+
 class BatchFailed(RuntimeError):
     """A batch failed half-way; nothing more is flushed or committed by this worker."""
 
@@ -487,7 +496,7 @@ class BatchScorer:
         keep = set(keep)
         old = {p: d for p, d in self.local_copies().items()
                if p not in keep and p not in self.processors and p not in self._opening
-               and now - d.stat().st_mtime >= delay}
+               and now - _mtime(d, now) >= delay}
         if not old:
             return []
 

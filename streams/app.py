@@ -151,14 +151,20 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
         await scorer.open_partitions({tp.partition for tp in assigned if tp.topic in scorer.batch_topics})
         scorer.metrics.assigned.set(sum(1 for tp in assigned if tp.topic == events_topic))
 
+    def owned() -> set[int]:
+        """The events partitions this worker owns now."""
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == events_topic}
+
+    def dealt_standbys() -> set[int]:
+        """The events partitions the group leader dealt this worker standby copies of."""
+        return {tp.partition for tp in app.assignor.assigned_standbys() if tp.topic == events_topic}
+
     if standbys_on:
         @app.timer(settings.standby_interval_s)
         async def _standbys() -> None:
             if app.rebalancing:
                 return
-            owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_topic}
-            dealt = {tp.partition for tp in app.assignor.assigned_standbys() if tp.topic == events_topic}
-            await scorer.refresh_standbys(dealt - owned)
+            await scorer.refresh_standbys(dealt_standbys() - owned())
 
     if settings.changelog and settings.state_cleanup_delay_s > 0:
         @app.timer(max(1.0, min(60.0, settings.state_cleanup_delay_s / 4)))
@@ -166,10 +172,7 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
             # only as a member of a settled group: what is "not here" is known then
             if not joined.is_set() or app.rebalancing or not lease.valid():
                 return
-            owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_topic}
-            dealt = ({tp.partition for tp in app.assignor.assigned_standbys() if tp.topic == events_topic}
-                     if standbys_on else set())
-            await scorer.remove_stale(owned | dealt)
+            await scorer.remove_stale(owned() | (dealt_standbys() if standbys_on else set()))
 
     app.sensors.add(CommitSensor(scorer))
     rk_config = settings.consumer_config(group=settings.app_id, **{
