@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# benchmarks/gpu_session.sh - the whole device-machine session in one command: benchmarks/gpu_check.sh
+# (the CUDA test, torch inference rows/s on cpu and cuda), then benchmarks/gpu_e2e.sh (`full` with the
+# model on CUDA and on the CPU, `windowed`, `full_2workers`).
+#
+# Why: the device tool brings back at most 8 files, and the two scripts write 15; the e2e JSON was lost
+# that way once (BENCHMARKS.md, 2026-11-27 01:58). This packs everything into $OUT/gpu_session.tar.gz
+# and keeps the two summaries beside it, and prints them (the tool returns the output's tail).
+#
+# Run from the repository root of the GPU machine with carry: [".whl"] (see gpu_e2e.sh):
+#     bash benchmarks/gpu_session.sh
+# Budgets (env): GPU_CHECK_BUDGET_S (150 here), E2E_BUDGET_S (320 here).
+set -u
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO" || exit 2
+FINAL="${OUT:-/tmp/gpu_session_out}"
+mkdir -p "$FINAL" /tmp/gpu_session/check /tmp/gpu_session/e2e
+echo "gpu_session start $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+OUT=/tmp/gpu_session/check GPU_CHECK_BUDGET_S="${GPU_CHECK_BUDGET_S:-150}" bash benchmarks/gpu_check.sh > /tmp/gpu_session/check.stdout 2>&1
+echo "gpu_check rc=$?"
+OUT=/tmp/gpu_session/e2e E2E_BUDGET_S="${E2E_BUDGET_S:-320}" bash benchmarks/gpu_e2e.sh > /tmp/gpu_session/e2e.stdout 2>&1
+echo "gpu_e2e rc=$?"
+tar -czf "$FINAL/gpu_session.tar.gz" -C /tmp gpu_session
+cp /tmp/gpu_session/check/summary.txt "$FINAL/check_summary.txt" 2>/dev/null
+cp /tmp/gpu_session/e2e/summary.txt "$FINAL/e2e_summary.txt" 2>/dev/null
+echo "===== gpu_check summary"; cat /tmp/gpu_session/check/summary.txt 2>/dev/null
+echo "===== torch_infer"; tail -25 /tmp/gpu_session/check/torch_infer.txt 2>/dev/null
+echo "===== test_deep"; tail -5 /tmp/gpu_session/check/test_deep.txt 2>/dev/null
+echo "===== gpu_e2e summary"; cat /tmp/gpu_session/e2e/summary.txt 2>/dev/null
+echo "gpu_session end $(date -u +%FT%TZ)"
