@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 #: Run names, in the order they run (benchmarks/targets.py defines each).
-RUN_NAMES: tuple[str, ...] = ("raw", "faust_naive", "windowed", "full", "full_2workers", "full_online")
+RUN_NAMES: tuple[str, ...] = ("raw", "faust_naive", "windowed", "full", "full_2workers", "full_2machines",
+                               "full_online")
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results" / "latest.json"
 MARKDOWN = BENCH_DIR.parent / "BENCHMARKS.md"
@@ -25,7 +26,10 @@ Runs (--only):
   windowed       streamscore worker, benchmarks/pipelines/windowed.toml
   full           streamscore worker, benchmarks/pipelines/full.toml (9 windows, LR, torch, blend, rules;
                  the torch model frozen: trained offline, deployed before the run)
-  full_2workers  two workers of `full` in one consumer group
+  full_2workers  two workers of `full` in one consumer group, sharing a state directory as
+                 `streamscore worker --workers 2` runs them on one machine
+  full_2machines the same two workers with a state directory each, as on two machines: each
+                 also keeps a standby copy of the other's partitions, on the same cores
   full_online    `full` with the torch model trained online too (full_online.toml)
 
 Per run: events/s (median of --repeat runs, from the Kafka timestamps of the

@@ -188,6 +188,9 @@ class WorkerTarget(Target):
     pipeline: str = ""                     # file name under benchmarks/pipelines
     workers: int = 1
     settings: tuple[tuple[str, str], ...] = ()   # worker Settings overrides, e.g. (("commit_interval_s", "1"),)
+    #: the workers share one state directory, as ``streamscore worker --workers N`` runs them on one
+    #: machine (streams/supervisor.py); False: a directory each, as workers on separate machines have
+    shared_state: bool = False
 
     @property
     def pipeline_path(self) -> Path:
@@ -205,7 +208,7 @@ class WorkerTarget(Target):
 
     def instance(self, broker: str, tag: str, workdir: Path, partitions: int) -> Instance:
         return _WorkerInstance(broker, tag, workdir, partitions, pipeline=str(self.pipeline_path),
-                               workers=self.workers, overrides=dict(self.settings))
+                               workers=self.workers, overrides=dict(self.settings), shared_state=self.shared_state)
 
 
 @dataclass
@@ -213,6 +216,7 @@ class _WorkerInstance(Instance):
     pipeline: str = ""
     workers: int = 1
     overrides: dict[str, str] = field(default_factory=dict)
+    shared_state: bool = False
     settings: list[Settings] = field(default_factory=list)
     _expected_records: int = 0
     _last: list[float] = field(default_factory=list)
@@ -222,7 +226,8 @@ class _WorkerInstance(Instance):
             self.settings.append(Settings(
                 broker=self.broker, app_id=f"{self.tag}-app", topic_prefix=f"{self.tag}-",
                 pipeline=self.pipeline, partitions=self.partitions,
-                state_dir=self.workdir / f"{self.tag}-state{i}", web_port=free_port(),
+                state_dir=self.workdir / (f"{self.tag}-state" if self.shared_state else f"{self.tag}-state{i}"),
+                web_port=free_port(),
                 metrics_port=free_port(), session_timeout_s=6.0,
                 checkpoint_dir=self.workdir / "checkpoints",
                 **{"log_level": "warning", **self.overrides}))  # type: ignore[arg-type] - strings, coerced
@@ -301,8 +306,13 @@ TARGETS: dict[str, Target] = {
                              _user_window(60_000), pipeline="windowed.toml"),
     "full": WorkerTarget("full", "streamscore worker, 9 windows + River LR + torch + blend + 2 rules, inline labels",
                          "events+labels", FULL_WINDOWS, scored=True, pipeline="full.toml"),
-    "full_2workers": WorkerTarget("full_2workers", "2 streamscore workers of `full`, one group",
-                                  "events+labels", FULL_WINDOWS, scored=True, pipeline="full.toml", workers=2),
+    "full_2workers": WorkerTarget("full_2workers", "2 streamscore workers of `full`, one group, one state directory "
+                                  "(`streamscore worker --workers 2` on one machine)",
+                                  "events+labels", FULL_WINDOWS, scored=True, pipeline="full.toml", workers=2,
+                                  shared_state=True),
+    "full_2machines": WorkerTarget("full_2machines", "2 streamscore workers of `full`, one group, a state directory "
+                                   "each (two machines' workers on these cores: each keeps a standby copy)",
+                                   "events+labels", FULL_WINDOWS, scored=True, pipeline="full.toml", workers=2),
     "full_online": WorkerTarget("full_online", "`full` with the torch model trained online too (a step / 256 labels)",
                                 "events+labels", FULL_WINDOWS, scored=True, pipeline="full_online.toml"),
 }

@@ -276,6 +276,7 @@ class BatchScorer:
         self.changelog: Changelog | None = None
         self._opening: dict[int, asyncio.Future[None]] = {}      # partition -> its recovery in progress
         self._failed: str | None = None                           # why a batch failed half-way (see _fail)
+        self._swept = False                                       # remove_stale has run once
         #: ``acker(topic, partition, offsets)``: acknowledge input offsets into faust's bookkeeping, which
         #: commits them (set by streams.app); None: nobody commits (tests, in-process runs)
         self.acker: Any = None
@@ -497,7 +498,8 @@ class BatchScorer:
         old = {p: d for p, d in self.local_copies().items()
                if p not in keep and p not in self.processors and p not in self._opening
                and now - _mtime(d, now) >= delay}
-        if not old:
+        first, self._swept = not self._swept, True
+        if not old and not first:    # the first sweep also clears what a crash left half-deleted
             return []
 
         def remove() -> list[int]:

@@ -47,3 +47,27 @@ def test_a_worker_keeps_standby_copies_of_the_partitions_dealt_to_it_only(make_s
     finally:
         other.close()
         owner.close()
+
+
+def test_a_worker_sharing_the_owner_s_state_directory_copies_nothing(make_settings) -> None:
+    """Workers of ``streamscore worker --workers N`` share one state directory: a standby there is the
+    owner's own store, held open, so a refresh skips it: no changelog read, no record applied (why two
+    workers on one machine pay nothing for standbys: BENCHMARKS.md, "Two workers on one machine")."""
+    s = make_settings(pipeline="elec2", partitions=2, snapshot_key="k" * 32)
+    create_changelog_topic(s, "elec2")
+    owner = BatchScorer(s, load_spec("elec2"))
+    asyncio.run(owner.handle(s.topic("events"), 1, events(0, 20)))
+    owner.flush()
+    sibling = BatchScorer(s, load_spec("elec2"))       # the same settings: the same state directory
+    try:
+        assert asyncio.run(sibling.refresh_standbys([1])) == {}
+        assert sibling.metrics.registry.get_sample_value("streamscore_state_standby_applied_records_total") == 0
+        before = dict(owner.processors[1].store.items())
+        owner.close()                       # the owner gone (its partition moved): now the sibling opens it
+        assert asyncio.run(sibling.refresh_standbys([1])) == {1: 0}    # the owner's own copy: complete
+        copy = PartitionStore(sibling.state_path(1))
+        assert dict(copy.items()) == before and len(before) > 0
+        copy.close()
+    finally:
+        sibling.close()
+        owner.close()

@@ -99,6 +99,18 @@ def test_the_scorer_deletes_only_old_copies_of_partitions_it_neither_owns_nor_fo
         scorer.close()
 
 
+def test_the_first_sweep_clears_a_half_deleted_copy_even_with_nothing_old(tmp_path: Path) -> None:
+    scorer = _scorer(tmp_path)
+    try:
+        kept = _store(scorer.state_path(1), age_s=30)
+        leftover = scorer.state_path(5).with_name(".events-5.removing-1-2")   # a deletion a crash cut short
+        leftover.mkdir()
+        assert asyncio.run(scorer.remove_stale(keep=set())) == []
+        assert not leftover.exists() and kept.exists()
+    finally:
+        scorer.close()
+
+
 @pytest.mark.parametrize("kw", [{"changelog": False}, {"state_cleanup_delay_s": 0.0}])
 def test_no_copy_is_deleted_without_a_changelog_or_with_the_delay_at_zero(tmp_path: Path, kw: dict) -> None:
     """Without a changelog a local copy is the only copy of a partition's state."""
