@@ -238,8 +238,13 @@ class _WorkerInstance(Instance):
 
     @property
     def topics(self) -> list[str]:
+        """Every topic of the run, the worker's state changelog included (deleted after it: the
+        in-memory broker would otherwise hold each run's ~200 MB of changelog until it stops)."""
+        from streams.spec import load_spec
+
         s = self.settings[0]
-        return [s.topic(t) for t in ("events", "labels", "predictions", "dlq", "metrics")]
+        return ([s.topic(t) for t in ("events", "labels", "predictions", "dlq", "metrics")]
+                + [s.changelog_topic(load_spec(self.pipeline).name)])
 
     def create_topics(self) -> None:
         from streams.demo import all_topics

@@ -216,8 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("worker", "consume events and labels, publish predictions", """\
         Run a worker process of a pipeline. Workers with the same app id form
         one consumer group and share the partitions: --workers N starts N
-        processes here (web and metrics ports offset by 0..N-1) and restarts
-        one that dies; on other machines start more with the same app id.
+        processes here (web and metrics ports offset by 0..N-1; one state
+        directory, so a partition moving between them is already on this disk
+        and their standby copies of each other cost nothing) and restarts one
+        that dies; on other machines start more with the same app id.
         Stops cleanly on SIGTERM/Ctrl-C, flushing outputs and state before the
         last offset commit.""")
     sp.add_argument("--workers", type=int, default=1, metavar="N",
