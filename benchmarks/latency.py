@@ -45,9 +45,11 @@ def run(names: Sequence[str], rates: Sequence[float], seconds: float = 6.0,
             target = TARGETS[name]
             if overrides and isinstance(target, WorkerTarget):
                 target = dataclasses.replace(target, settings=tuple(overrides))
-            for rate in rates:
+            for i, rate in enumerate(rates):
                 w = workloads[target.workload].prefix(max(1000, int(rate * seconds)))
-                r = measure(ctx, target, w, f"{name}-{int(rate)}", paced_rate=rate)
+                # a tag of its own per point (topics, state directory): a rate given twice is a repeat,
+                # not a restart of the worker that ran the first
+                r = measure(ctx, target, w, f"{name}-{int(rate)}-{i}", paced_rate=rate)
                 row = {"run": name, "offered_events_per_s": rate,
                        **{k: r.get(k) for k in ("achieved_offered_events_per_s", "p50_latency_ms", "p99_latency_ms",
                                                 "max_latency_ms", "cpu_pct", "broker_cpu_pct", "correct")}}
