@@ -15,7 +15,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO" || exit 2
 FINAL="${OUT:-/tmp/gpu_session_out}"
 mkdir -p "$FINAL" /tmp/gpu_session/check /tmp/gpu_session/e2e
-echo "gpu_session start $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "gpu_session start $(date -u +%FT%TZ)"   # no commit here: the device's copy of .git can be stale
 OUT=/tmp/gpu_session/check GPU_CHECK_BUDGET_S="${GPU_CHECK_BUDGET_S:-150}" bash benchmarks/gpu_check.sh > /tmp/gpu_session/check.stdout 2>&1
 echo "gpu_check rc=$?"
 OUT=/tmp/gpu_session/e2e E2E_BUDGET_S="${E2E_BUDGET_S:-320}" bash benchmarks/gpu_e2e.sh > /tmp/gpu_session/e2e.stdout 2>&1

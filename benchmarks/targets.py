@@ -222,6 +222,8 @@ class _WorkerInstance(Instance):
     _last: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from streams.spec import load_spec
+
         for i in range(self.workers):
             self.settings.append(Settings(
                 broker=self.broker, app_id=f"{self.tag}-app", topic_prefix=f"{self.tag}-",
@@ -235,16 +237,15 @@ class _WorkerInstance(Instance):
         self.input_topic = s.topic("events")
         self.output_topics = (s.topic("predictions"),)
         self.dlq_topic = s.topic("dlq")
+        self.changelog_topic = s.changelog_topic(load_spec(self.pipeline).name)
 
     @property
     def topics(self) -> list[str]:
         """Every topic of the run, the worker's state changelog included (deleted after it: the
         in-memory broker would otherwise hold each run's ~200 MB of changelog until it stops)."""
-        from streams.spec import load_spec
+        from streams.demo import all_topics
 
-        s = self.settings[0]
-        return ([s.topic(t) for t in ("events", "labels", "predictions", "dlq", "metrics")]
-                + [s.changelog_topic(load_spec(self.pipeline).name)])
+        return [*all_topics(self.settings[0]), self.changelog_topic]
 
     def create_topics(self) -> None:
         from streams.demo import all_topics

@@ -79,7 +79,8 @@ class Settings(BaseSettings):
         description="Seconds between two refreshes of this worker's standby replicas: local copies of "
                     "partitions it does not own, caught up with their changelogs, so a takeover reads only "
                     "what was written since (0: no standbys; needs the changelog). How many: standby_replicas. "
-                    "Each refresh costs ~13 ms of CPU plus ~2 µs per record applied, on a thread beside the "
+                    "Each refresh costs ~13 ms of CPU plus a few µs per record applied (~5 for a 1 KB stored "
+                    "prediction, RocksDB's compaction included), on a thread beside the "
                     "batches: 10 s of a busy partition applied at once stalled the scoring for up to a second "
                     "(BENCHMARKS.md, \"Standby refreshes\"), so refreshes are small and often.")
     standby_replicas: int = Field(
