@@ -164,6 +164,9 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
 
     rk_config: dict[str, Any] = {}
     poll_max: int = 10_000
+    #: seconds to wait after a fetch round of fewer than :attr:`linger_below` records (Settings.fetch_linger_ms)
+    linger_s: float = 0.0
+    linger_below: int = 400
     #: seconds a partition may have records waiting while its fetches return none, before
     #: the fetch wait is raised (see :meth:`_fetch_longer`)
     stall_s: float = 3.0
@@ -357,6 +360,9 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
                     self._n_acked = 0
                     await self.commit()
+                if self.linger_s and len(msgs) < self.linger_below:
+                    # a small round: let the next one gather more (the flush steps run meanwhile)
+                    await asyncio.sleep(self.linger_s)
         except asyncio.CancelledError:
             if self.transport.app.should_stop:
                 return
@@ -388,7 +394,7 @@ class LibrdkafkaBatchTransport(faust_aiokafka.Transport):
 
 def install(app: Any, topics: frozenset[str], handler: BatchHandler,
             rk_config: dict[str, Any] | None = None, poll_max: int = 10_000,
-            defer_acks: bool = False) -> Callable[[str, int, Sequence[int]], None]:
+            defer_acks: bool = False, linger_s: float = 0.0) -> Callable[[str, int, Sequence[int]], None]:
     """Route ``topics`` of ``app``'s consumer to ``handler`` in batches; returns the function that
     acknowledges offsets (``ack(topic, partition, offsets)``), for a handler that defers its acks.
 
@@ -408,6 +414,7 @@ def install(app: Any, topics: frozenset[str], handler: BatchHandler,
             raise ValueError("the librdkafka fetch path needs rk_config with the app's group.id")
         consumer.rk_config = dict(rk_config)
         consumer.poll_max = poll_max
+        consumer.linger_s = linger_s
     return consumer.ack_offsets
 
 

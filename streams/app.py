@@ -185,7 +185,8 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
         "fetch.wait.max.ms": settings.fetch_wait_ms,
     })
     scorer.acker = _faust_hooks.install(app, scorer.batch_topics, scorer.handle, rk_config=rk_config,
-                                        poll_max=settings.batch_max, defer_acks=True)
+                                        poll_max=settings.batch_max, defer_acks=True,
+                                        linger_s=settings.fetch_linger_ms / 1000.0)
     return app
 
 

@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=1, metavar="N",
                     help="Worker processes to run in this consumer group (default 1).")
     _settings_flags(sp, *KAFKA, "app_id", "pipeline", "partitions", "session_timeout_s", "fetcher", "batch_max",
-                    "fetch_wait_ms", "commit_interval_s", "delivery_timeout_s", "compression",
+                    "fetch_wait_ms", "fetch_linger_ms", "commit_interval_s", "delivery_timeout_s", "compression",
                     "compression_level", "max_event_bytes", "state_dir", "changelog", "standby_interval_s",
                     "standby_replicas", "state_cleanup_delay_s", "assign_by_backlog", "dedupe_ttl_s", "snapshot_key", "device", "torch_threads",
                     "checkpoint_dir", "checkpoint_interval_s", "gc_gen0", "web_port", "metrics_host",

@@ -84,6 +84,8 @@ class PartitionStore:
         #: the writes of a flush in flight (see :meth:`seal`): newer than the disk, older than ``_dirty``
         self._sealed: dict[bytes, bytes | None] | None = None
         self._sealed_staged: int | None = None
+        self._sealed_todo: list[tuple[bytes, bytes | None]] | None = None   # its keys, once writing began
+        self._sealed_done = 0                                             # how many of them are written
 
     def get(self, key: str) -> bytes | None:
         k = key.encode()
@@ -119,6 +121,7 @@ class PartitionStore:
         self._staged = None
         self._sealed = None
         self._sealed_staged = None
+        self._sealed_todo, self._sealed_done = None, 0
 
     # -- a flush in flight --------------------------------------------------------
     # Why: a worker's flush sends thousands of changelog records and waits for the
@@ -147,11 +150,30 @@ class PartitionStore:
         """``n`` changelog records were sent for the sealed writes (see :meth:`staged`)."""
         self._sealed_staged = n
 
-    def write_sealed(self) -> int:
-        """Write the sealed flush in one batch (after its changelog records were delivered); how many."""
+    def write_sealed(self, limit: int | None = None) -> int:
+        """Write the sealed flush (after its changelog records were delivered); how many keys this call wrote.
+
+        ``limit``: write at most that many keys now, in one RocksDB batch, and
+        the rest in later calls (:attr:`sealed` stays True until the last);
+        the changelog position goes in the last batch. Why: a flush at half
+        of peak holds ~2,500 keys a partition, one 5-25 ms write, during which
+        the event loop runs nothing; in pieces, the worker handles its
+        batches between them. A partly written flush is safe: reads still see
+        the whole sealed set first; RocksDB persists writes in order (with or
+        without its WAL), so after a crash the disk holds a prefix of the
+        pieces, and the changelog position, written last, is never ahead of
+        them: recovery replays the changelog from there, the same values.
+        """
         assert self._sealed is not None, "nothing sealed"
-        n = self._write_batch(self._sealed, self._sealed_staged)
-        self._sealed, self._sealed_staged = None, None
+        todo = self._sealed_todo
+        if todo is None:
+            todo = self._sealed_todo = list(self._sealed.items())
+        end = len(todo) if limit is None else min(len(todo), self._sealed_done + max(1, limit))
+        last = end == len(todo)
+        n = self._write_batch(todo[self._sealed_done:end], self._sealed_staged if last else None)
+        self._sealed_done = end
+        if last:
+            self._sealed, self._sealed_staged, self._sealed_todo, self._sealed_done = None, None, None, 0
         return n
 
     def unseal(self) -> None:
@@ -159,6 +181,7 @@ class PartitionStore:
         if self._sealed is not None:
             self._dirty = {**self._sealed, **self._dirty}
             self._sealed, self._sealed_staged = None, None
+            self._sealed_todo, self._sealed_done = None, 0
 
     def staged(self, n: int) -> None:
         """``n`` changelog records were sent for the dirty keys: the next flush moves the store's
@@ -176,12 +199,12 @@ class PartitionStore:
         self._sealed_staged = staged
         return self.write_sealed()
 
-    def _write_batch(self, writes: dict[bytes, object], staged: int | None) -> int:
+    def _write_batch(self, writes: list[tuple[bytes, bytes | None]], staged: int | None) -> int:
         """``writes`` (and the changelog position ``staged`` moves on) in one RocksDB batch; how many."""
-        if not writes:
+        if not writes and not staged:
             return 0
         wb = WriteBatch(raw_mode=True)
-        for k, v in writes.items():
+        for k, v in writes:
             if v is None:
                 wb.delete(k)
             else:

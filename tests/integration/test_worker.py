@@ -151,3 +151,37 @@ def test_a_running_worker_deletes_a_stale_local_copy_and_keeps_its_own(worker):
     wait_for(reader, 2, worker=proc)
     assert own.exists()
     reader.close()
+
+
+def _batches(settings) -> float:
+    """The worker's micro-batches so far (its Prometheus histogram's count)."""
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+                                  timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in body.splitlines()
+               if line.startswith("streamscore_worker_batch_size_records_count"))
+
+
+@pytest.mark.parametrize("linger_ms", [0, 300])
+def test_a_fetch_linger_gathers_a_trickle_into_fewer_batches(worker, linger_ms):
+    """``fetch_linger_ms``: after a fetch round of a few records the worker waits before the next, so a
+    trickle of events comes in fewer, larger micro-batches (each has a fixed cost); without it, about
+    one batch an event. Every event is answered either way."""
+    s, proc = worker(fetch_linger_ms=linger_ms)
+    reader = OutputReader(s)
+    produce(s, [event(0)])
+    wait_for(reader, 1, worker=proc)                       # joined and scoring
+    before = _batches(s)
+    p = Producer(s.producer_config(**{"linger.ms": 0}))
+    n = 40
+    for i in range(1, n + 1):                              # one event every 25 ms, each sent at once
+        p.produce(s.topic("events"), orjson.dumps(event(i)), b"nsw")
+        p.flush(10)
+        time.sleep(0.025)
+    wait_for(reader, n + 1, worker=proc)
+    batches = _batches(s) - before
+    if linger_ms:
+        assert batches <= n / 4, f"{batches} batches for {n} events"
+    else:
+        assert batches >= n / 2, f"{batches} batches for {n} events"

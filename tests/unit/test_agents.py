@@ -201,3 +201,42 @@ def test_a_torch_pipeline_warms_torch_up_before_any_partition_is_assigned(tmp_pa
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_metrics_snapshots_are_spread_over_the_interval_a_partition_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each partition's snapshot goes to the metrics topic once per ``metrics_interval_s``, on a grid
+    offset per partition, so a batch publishes one or two of them, not all at once (which held the
+    event loop for 10-16 ms every interval); after an idle spell the next batch publishes them all."""
+    import streams.agents as agents
+
+    now = [1000.0]
+    monkeypatch.setattr(agents.time, "monotonic", lambda: now[0])
+    s = Settings(state_dir=tmp_path, changelog=False, metrics_port=0, snapshot_key="k" * 32, metrics_interval_s=1.0)
+    producer = FlakyProducer(ok=10**9)
+    scorer = BatchScorer(s, load_spec("elec2"), producer=producer)  # type: ignore[arg-type]
+    topic = s.topic("events")
+    parts = range(4)
+    for p in parts:
+        asyncio.run(scorer.handle(topic, p, events(p * 1000, 2)))
+    published: list[list[int]] = []              # the partitions of each batch's snapshots
+
+    def snapshots() -> list[int]:
+        docs = [orjson.loads(v) for v, t in zip(producer.sent, producer.topics) if t == s.topic("metrics")]
+        producer.sent.clear(); producer.topics.clear()
+        return sorted(d["partition"] for d in docs)
+
+    snapshots()
+    i = 0
+    for step in range(85):                       # a batch every 25 ms for 2.1 s, partitions in turn
+        now[0] += 0.025
+        i += 1
+        asyncio.run(scorer.handle(topic, i % 4, events(5000 + i, 1)))
+        published.append(snapshots())
+    counts = {p: sum(b.count(p) for b in published) for p in parts}
+    assert counts == {p: 2 for p in parts}       # each once a second
+    assert max(len(b) for b in published) == 1   # never two partitions in one batch here
+    now[0] += 10.0                               # idle for 10 s: all of them are due
+    asyncio.run(scorer.handle(topic, 0, events(9000, 1)))
+    assert snapshots() == [0, 1, 2, 3]
+    scorer.close()

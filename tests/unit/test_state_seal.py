@@ -79,3 +79,46 @@ def test_the_changelog_position_moves_with_the_sealed_flush(tmp_path: Path) -> N
     s.write_sealed()
     assert s.changelog_offset == 12
     s.close()
+
+
+def test_a_sealed_flush_written_in_pieces_moves_the_changelog_position_with_its_last(tmp_path: Path) -> None:
+    """``write_sealed(limit)``: the worker writes a big flush a piece at a time, between batches. Reads see
+    the whole sealed set until the last piece; the changelog position is written with that piece, so a
+    store closed half-way holds a prefix of the flush and the position before it (recovery replays the
+    changelog from there)."""
+    s = PartitionStore(tmp_path / "p0", wal=False)
+    s.set_changelog_offset(10)
+    for i in range(5):
+        s.put(f"k{i}", b"sealed")
+    s.seal()
+    s.stage_sealed(6)                      # five records and a commit marker were delivered
+    s.put("k0", b"new")                    # a later batch
+    assert s.write_sealed(2) == 2 and s.sealed
+    assert s.changelog_offset == 10
+    assert [s.get(f"k{i}") for i in range(5)] == [b"new"] + [b"sealed"] * 4
+    assert s.write_sealed(2) == 2 and s.sealed
+    s._db.flush(True)                      # killed half-way, after RocksDB persisted what it had:
+    s._db.close()                          # two pieces on disk, and the position before the flush
+    s = PartitionStore(tmp_path / "p0", wal=False)
+    assert s.changelog_offset == 10
+    assert sorted(k for k, _ in s.items()) == [b"k0", b"k1", b"k2", b"k3"]
+    s.close()
+
+
+def test_the_last_piece_ends_the_flush_and_unseal_gives_a_partly_written_one_back(tmp_path: Path) -> None:
+    s = PartitionStore(tmp_path / "p0", wal=False)
+    s.set_changelog_offset(0)
+    for i in range(3):
+        s.put(f"k{i}", b"v")
+    s.seal()
+    s.stage_sealed(4)
+    assert [s.write_sealed(2), s.write_sealed(2)] == [2, 1] and not s.sealed
+    assert s.changelog_offset == 4
+    s.put("a", b"1")
+    s.put("b", b"1")
+    s.seal()
+    assert s.write_sealed(1) == 1
+    s.unseal()                             # sending it failed after all: it becomes pending again
+    assert not s.sealed and s.pending == 2
+    assert s.flush() == 2 and dict(s.items())[b"b"] == b"1"
+    s.close()
