@@ -86,10 +86,12 @@ class _Flush:
     model snapshots included) and take the offsets its batches so far cover;
     changelog records in chunks and each partition's commit marker; wait until the
     outputs produced before the seal and the changelog records are delivered;
-    write each store's sealed batch; acknowledge the offsets. A flush yields
-    between steps for at most ``commit_interval_s``, then runs the rest at
-    once (blocking producer flushes): under a backlog every yield lets a whole
-    batch in, and the pending writes and the commit lag must stay bounded.
+    write each store's sealed batch, ``CHUNK`` keys a step; acknowledge the
+    offsets. A flush waits on the broker between steps for at most
+    ``commit_interval_s``, then with blocking producer flushes; past that it
+    still yields between its pieces of work only while the worker keeps up
+    (:meth:`_pause`): under a backlog every yield lets a whole batch in, and
+    the pending writes and the commit lag must stay bounded.
     Errors: an output lost fails the scorer (see :meth:`_delivered`); a
     changelog record not delivered unseals the writes (the next flush sends
     them again) and leaves the offsets unacknowledged.
@@ -100,7 +102,7 @@ class _Flush:
     def __init__(self, scorer: BatchScorer, procs: list[PartitionProcessor], timeout: float) -> None:
         self.scorer, self.procs, self.timeout = scorer, procs, timeout
         self.acks: list[tuple[str, int, list[int]]] = []    # (topic, partition, offsets) the flush covers
-        self.blocking = False          # finish(), or past the deadline: wait with blocking flushes, no yielding
+        self.blocking = False          # finish(), or past the deadline: wait with blocking flushes
         self.finishing = False         # finish(): run to the end now (nobody drives the steps any more)
         self.cancelled = False         # the scorer failed: stop, touch nothing
         self.keys = 0
@@ -781,11 +783,14 @@ class BatchScorer:
         the interval, each batch publishes at most one or two. After an idle
         spell they are all due, and the next batch publishes them all.
         """
-        due = self._next_metrics
+        due, out = self._next_metrics, []
         for p in self.processors:
-            if p not in due:
-                due[p] = self._metrics_grid(p, self._started)
-        return [p for p in self.processors if now >= due[p]]
+            at = due.get(p)
+            if at is None:                  # a partition not published yet: its first grid point
+                at = due[p] = self._metrics_grid(p, self._started)
+            if now >= at:
+                out.append(p)
+        return out
 
     def _metrics_grid(self, partition: int, after: float) -> float:
         """The first point of ``partition``'s snapshot grid after ``after``."""

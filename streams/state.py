@@ -84,7 +84,7 @@ class PartitionStore:
         #: the writes of a flush in flight (see :meth:`seal`): newer than the disk, older than ``_dirty``
         self._sealed: dict[bytes, bytes | None] | None = None
         self._sealed_staged: int | None = None
-        self._sealed_todo: list[tuple[bytes, bytes | None]] | None = None   # its keys, once writing began
+        self._sealed_todo: list[tuple[bytes, bytes | None]] | None = None   # its entries (sealed_items)
         self._sealed_done = 0                                             # how many of them are written
 
     def get(self, key: str) -> bytes | None:
@@ -119,9 +119,7 @@ class PartitionStore:
         """Forget every write since the last flush, a flush in flight included (a batch that failed half-way)."""
         self._dirty = {}
         self._staged = None
-        self._sealed = None
-        self._sealed_staged = None
-        self._sealed_todo, self._sealed_done = None, 0
+        self._drop_sealed()
 
     # -- a flush in flight --------------------------------------------------------
     # Why: a worker's flush sends thousands of changelog records and waits for the
@@ -142,9 +140,12 @@ class PartitionStore:
         return len(self._sealed)
 
     def sealed_items(self) -> list[tuple[bytes, bytes | None]]:
-        """The sealed writes as changelog entries (``None``: deleted)."""
+        """The sealed writes as changelog entries (``None``: deleted); built once per flush, and
+        :meth:`write_sealed` writes the same list (do not modify it)."""
         assert self._sealed is not None, "nothing sealed"
-        return _entries(self._sealed)
+        if self._sealed_todo is None:
+            self._sealed_todo = _entries(self._sealed)
+        return self._sealed_todo
 
     def stage_sealed(self, n: int) -> None:
         """``n`` changelog records were sent for the sealed writes (see :meth:`staged`)."""
@@ -164,24 +165,24 @@ class PartitionStore:
         pieces, and the changelog position, written last, is never ahead of
         them: recovery replays the changelog from there, the same values.
         """
-        assert self._sealed is not None, "nothing sealed"
-        todo = self._sealed_todo
-        if todo is None:
-            todo = self._sealed_todo = list(self._sealed.items())
+        todo = self.sealed_items()
         end = len(todo) if limit is None else min(len(todo), self._sealed_done + max(1, limit))
         last = end == len(todo)
         n = self._write_batch(todo[self._sealed_done:end], self._sealed_staged if last else None)
         self._sealed_done = end
         if last:
-            self._sealed, self._sealed_staged, self._sealed_todo, self._sealed_done = None, None, None, 0
+            self._drop_sealed()
         return n
+
+    def _drop_sealed(self) -> None:
+        """No flush in flight any more (written, given back or discarded)."""
+        self._sealed, self._sealed_staged, self._sealed_todo, self._sealed_done = None, None, None, 0
 
     def unseal(self) -> None:
         """Sending the sealed flush failed: its writes become pending again, under the newer ones."""
         if self._sealed is not None:
             self._dirty = {**self._sealed, **self._dirty}
-            self._sealed, self._sealed_staged = None, None
-            self._sealed_todo, self._sealed_done = None, 0
+            self._drop_sealed()
 
     def staged(self, n: int) -> None:
         """``n`` changelog records were sent for the dirty keys: the next flush moves the store's
@@ -201,7 +202,7 @@ class PartitionStore:
 
     def _write_batch(self, writes: list[tuple[bytes, bytes | None]], staged: int | None) -> int:
         """``writes`` (and the changelog position ``staged`` moves on) in one RocksDB batch; how many."""
-        if not writes and not staged:
+        if not writes:
             return 0
         wb = WriteBatch(raw_mode=True)
         for k, v in writes:

@@ -10,6 +10,7 @@ from confluent_kafka import Producer
 from river import linear_model, optim, preprocessing
 
 from streams.demo import OutputReader, start_worker, stop_worker
+from streams.metrics import scrape, total
 
 pytestmark = pytest.mark.integration
 
@@ -155,12 +156,8 @@ def test_a_running_worker_deletes_a_stale_local_copy_and_keeps_its_own(worker):
 
 def _batches(settings) -> float:
     """The worker's micro-batches so far (its Prometheus histogram's count)."""
-    import urllib.request
-
-    body = urllib.request.urlopen(f"http://{settings.metrics_host}:{settings.metrics_port}/metrics",
-                                  timeout=5).read().decode()
-    return sum(float(line.split()[-1]) for line in body.splitlines()
-               if line.startswith("streamscore_worker_batch_size_records_count"))
+    return total(scrape(f"http://{settings.metrics_host}:{settings.metrics_port}/metrics", timeout=5),
+                 "streamscore_worker_batch_size_records_count")
 
 
 @pytest.mark.parametrize("linger_ms", [0, 300])

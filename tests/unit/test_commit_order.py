@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from streams.agents import BatchFailed
+from streams.agents import BatchFailed, _Flush
 from streams.app import create_app
 from streams.settings import Settings
 from streams.spec import load_spec
@@ -177,16 +177,10 @@ def test_a_flush_past_its_time_writes_in_pieces_only_while_the_worker_keeps_up(
 
     asyncio.run(main())
     sizes = [n for _, n in writes]
-    assert sum(sizes) >= 2 * 1_300 and max(sizes) <= scorer_chunk()
+    assert sum(sizes) >= 2 * 1_300 and max(sizes) <= _Flush.CHUNK
     steps = {s for s, _ in writes}
     if backlog:
         assert len(steps) == 1                    # every piece in one step
     else:
         assert len(steps) == len(writes) >= 6     # a piece a step
     assert commits == [{(topic, 0): 1_300, (topic, 1): 10_000 + 1_300}]
-
-
-def scorer_chunk() -> int:
-    from streams.agents import _Flush
-
-    return _Flush.CHUNK
