@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import itertools
 import math
@@ -332,6 +333,7 @@ class DeepModel:
         self._raw_num: list[np.ndarray | None] = []     # the rows' numeric features, where given
         self._raw_y: list[bool | int] = []
         self._dumped: tuple[tuple[Any, ...], bytes] | None = None    # see dumps
+        self._scoring: tuple[tuple[Any, ...], bytes] | None = None   # see scoring_key
 
     # ------------------------------------------------------------------ properties
 
@@ -350,6 +352,31 @@ class DeepModel:
     def until_step(self) -> int:
         """Labelled examples still needed before the next optimizer step (at least 1)."""
         return self.params.batch_size - len(self._raw_y) - len(self._pending_y)
+
+    def scoring_key(self) -> bytes:
+        """A digest of everything a score depends on: two models with equal keys score a row alike, bit for bit.
+
+        The network's weights, the feature statistics, the features, the
+        hyper-parameters and the device. Why: a worker scores the new events of
+        several partitions in one forward pass when their frozen models are the
+        same (``streams.processor.score_together``); each partition holds its
+        own copy, restored from its own snapshot or hot-swapped in. Computed
+        again only when the network, the statistics or ``steps`` change (what
+        a step, a load or a swap changes).
+        """
+        key = (self.steps, self._net, self._mean, self._inv_std)
+        cached = self._scoring
+        if cached is not None and cached[0][0] == key[0] and all(a is b for a, b in zip(cached[0][1:], key[1:])):
+            return cached[1]
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr((self.numeric, self.categorical, self.params, str(self.device))).encode())
+        for k, v in self._net.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        h.update(self._mean.tobytes())
+        h.update(self._inv_std.tobytes())
+        self._scoring = (key, h.digest())
+        return self._scoring[1]
 
     @property
     def module(self) -> nn.Module:

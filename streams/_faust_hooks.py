@@ -57,6 +57,9 @@ LEASE_SURFACE: tuple[tuple[str, str], ...] = (
 #: ``.timestamp`` in ms, ``.headers``) of one partition, in offset order;
 #: ``highwater`` is the partition's high watermark from the fetch response.
 BatchHandler = Callable[[str, int, Sequence[Any], int], Awaitable[None]]
+#: ``await handler([(topic, partition, records, highwater), ...])``: a fetch round's batches
+#: (as :data:`BatchHandler` gets them one by one), in fetch order
+RoundHandler = Callable[[Sequence[tuple[str, int, Sequence[Any], int]]], Awaitable[None]]
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
@@ -164,6 +167,9 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
 
     rk_config: dict[str, Any] = {}
     poll_max: int = 10_000
+    #: if set, called instead of the batch handler with each fetch round's batches at once
+    #: (``await round_handler([(topic, partition, records, highwater), ...])``, in fetch order)
+    round_handler: RoundHandler | None = None
     #: seconds to wait after a fetch round of fewer than :attr:`linger_below` records (Settings.fetch_linger_ms)
     linger_s: float = 0.0
     linger_below: int = 400
@@ -173,6 +179,12 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
     #: the fetch waits (``fetch.wait.max.ms``) tried in turn on such a stall
     longer_waits: tuple[int, ...] = (500, 5_000)
     _rk_warned: bool = False        # the longest wait stalled too, and that was logged
+
+    def _handled(self, tp: Any, recs: Sequence[Any], handled: bool) -> None:
+        """A batch went through the handler: acknowledge it (unless the handler does) and move on."""
+        if not self.defer_acks or not handled:
+            self.ack_batch(tp, [r.offset for r in recs])
+        self._read_offset[tp] = recs[-1].offset + 1
 
     @property
     def fetch_wait_ms(self) -> int:
@@ -295,7 +307,7 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
         fetcher_should_stop = fetcher._stopped.is_set
         batch_topics = self.batch_topics
         handler = self.batch_handler
-        read_offset = self._read_offset
+        round_handler = self.round_handler if handler is not None else None
         loop = asyncio.get_running_loop()
         rk = self._rk()
         try:
@@ -341,6 +353,7 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
                         if b is None:
                             b = batches[(t, p)] = []
                     b.append(new(Record, (m.offset(), m.key(), m.value(), m.timestamp()[1])))
+                todo: list[tuple[Any, str, int, list[Record], int]] = []
                 for (topic, partition), recs in batches.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
                         break     # a rebalance began while we were handling: its owner re-reads the rest
@@ -352,11 +365,17 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
                         continue
                     highwater = rk.get_watermark_offsets(
                         _confluent_tp(topic, partition), cached=True)[1]
+                    if round_handler is not None:
+                        todo.append((tp, topic, partition, recs, highwater))
+                        continue
                     if handler is not None:
                         await handler(topic, partition, recs, highwater)
-                    if not self.defer_acks or handler is None:
-                        self.ack_batch(tp, [r.offset for r in recs])
-                    read_offset[tp] = recs[-1].offset + 1
+                    self._handled(tp, recs, handler is not None)
+                if todo and self.flow_active and self.app.consumer_generation_id == generation:
+                    assert round_handler is not None
+                    await round_handler([(t, p, r, h) for _, t, p, r, h in todo])
+                    for tp, _, _, recs, _ in todo:
+                        self._handled(tp, recs, True)
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
                     self._n_acked = 0
                     await self.commit()
@@ -394,14 +413,17 @@ class LibrdkafkaBatchTransport(faust_aiokafka.Transport):
 
 def install(app: Any, topics: frozenset[str], handler: BatchHandler,
             rk_config: dict[str, Any] | None = None, poll_max: int = 10_000,
-            defer_acks: bool = False, linger_s: float = 0.0) -> Callable[[str, int, Sequence[int]], None]:
+            defer_acks: bool = False, linger_s: float = 0.0,
+            round_handler: RoundHandler | None = None) -> Callable[[str, int, Sequence[int]], None]:
     """Route ``topics`` of ``app``'s consumer to ``handler`` in batches; returns the function that
     acknowledges offsets (``ack(topic, partition, offsets)``), for a handler that defers its acks.
 
     Call before the app starts; the app must build its transport with
     :class:`BatchTransport` or :class:`LibrdkafkaBatchTransport` (see
     :func:`streams.app.create_app`); the latter needs ``rk_config``, a
-    confluent-kafka consumer config with the app's ``group.id``.
+    confluent-kafka consumer config with the app's ``group.id``. ``round_handler``
+    (librdkafka path only): given each fetch round's batches at once, instead of
+    ``handler`` one by one.
     """
     consumer = cast(BatchConsumer, app.consumer)
     if not isinstance(consumer, BatchConsumer):
@@ -415,6 +437,7 @@ def install(app: Any, topics: frozenset[str], handler: BatchHandler,
         consumer.rk_config = dict(rk_config)
         consumer.poll_max = poll_max
         consumer.linger_s = linger_s
+        consumer.round_handler = round_handler
     return consumer.ack_offsets
 
 

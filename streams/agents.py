@@ -29,7 +29,7 @@ from models.registry import BATCH_KINDS
 from streams.changelog import Changelog, create_changelog_topic
 from streams.failpoints import Failpoints
 from streams.metrics import Metrics
-from streams.processor import PartitionProcessor
+from streams.processor import Output, PartitionProcessor, Staged, score_together
 from streams.settings import Settings
 from streams.spec import PipelineSpec
 from streams.state import PartitionStore, remove_leftovers, remove_unused
@@ -629,12 +629,87 @@ class BatchScorer:
 
     async def handle(self, topic: str, partition: int, records: Sequence[Any], highwater: int | None = None) -> None:
         """Process one partition-batch and publish its outputs (faust's batch handler)."""
+        t0 = time.perf_counter()
+        logical, proc = await self._take(topic, partition, records, highwater)
+        try:
+            self._publish(partition, proc.process(logical, records))
+        except Exception as exc:
+            self._fail(f"partition {partition}: {type(exc).__name__}: {exc}")
+            raise
+        self._handled(topic, partition, logical, records, proc, t0)
+        if due := self._metrics_due(time.monotonic()):
+            self.publish_metrics(due)
+        self.start_flush()
+
+    async def handle_round(self, batches: Sequence[tuple[str, int, Sequence[Any], int | None]]) -> None:
+        """Process one fetch round: every partition-batch the consumer fetched together, in turn.
+
+        The same as :meth:`handle` on each, with one difference: partitions
+        whose torch models are frozen and the same (every partition of a
+        pipeline, normally) have their new events scored in one forward pass
+        per model for the whole round (:func:`streams.processor.score_together`),
+        not one per partition-batch. The scores are the same bits. So every
+        batch is staged (decoded, deduped, its window features computed)
+        before the first is scored, and no flush may begin until the last is
+        published: a flush sealed in between would write window state of
+        events whose predictions are not out yet. A partition with two
+        batches in the round (its events and labels topics) has the second
+        processed after the first, in a second wave.
+        """
+        # a partition's second batch (its labels topic's) only after its first: in waves
+        waves: list[list[tuple[str, int, Sequence[Any], int | None]]] = []
+        seen: dict[int, int] = {}
+        for b in batches:
+            n = seen[b[1]] = seen.get(b[1], -1) + 1
+            if n == len(waves):
+                waves.append([])
+            waves[n].append(b)
+        for wave in waves:
+            if len(wave) == 1:
+                await self.handle(*wave[0])
+            else:
+                await self._handle_wave(wave)
+
+    async def _handle_wave(self, batches: Sequence[tuple[str, int, Sequence[Any], int | None]]) -> None:
+        """:meth:`handle_round` on batches of distinct partitions."""
+        t0 = time.perf_counter()
+        taken = [await self._take(*b) for b in batches]
+        staged: list[tuple[PartitionProcessor, Staged | None, Any]] = []
+        partition = batches[0][1]
+        try:
+            groups: dict[Any, list[int]] = {}
+            for k, ((_, partition, records, _), (_, proc)) in enumerate(zip(batches, taken)):
+                key = proc.frozen_key()
+                prep = proc.stage(records) if key is not None else None
+                staged.append((proc, prep, None))
+                if prep is not None and prep.new:
+                    groups.setdefault(key, []).append(k)
+            for members in groups.values():
+                if len(members) < 2:
+                    continue
+                scored = score_together([(staged[k][0], staged[k][1]) for k in members])  # type: ignore[misc]
+                for k, s in zip(members, scored):
+                    staged[k] = (staged[k][0], staged[k][1], s)
+            for (topic, partition, records, _), (logical, proc), (_, prep, s) in zip(batches, taken, staged):
+                out = proc.process(logical, records, prep, *(s if s is not None else (None, None)))
+                self._publish(partition, out)
+                self._handled(topic, partition, logical, records, proc, t0)
+        except Exception as exc:
+            self._fail(f"partition {partition}: {type(exc).__name__}: {exc}")
+            raise
+        if due := self._metrics_due(time.monotonic()):
+            self.publish_metrics(due)
+        self.start_flush()
+
+    async def _take(self, topic: str, partition: int, records: Sequence[Any],
+                    highwater: int | None) -> tuple[str, PartitionProcessor]:
+        """Before a batch is processed: refuse after a failure, note the lag, swap in new checkpoints,
+        open the partition if it is not yet; its logical topic and its processor."""
         if self._failed is not None:
             # the worker is stopping, but faust may hand over a batch it had fetched: reopened
             # from the last committed state, the partition would answer it as if the failed
             # batches never happened, and those answers would be published
             raise BatchFailed(f"not processing after a failed batch ({self._failed}); restart the worker")
-        t0 = time.perf_counter()
         logical = self._logical.get(topic, topic)
         if highwater is not None and records:
             self.lag[(logical, partition)] = max(0, highwater - records[-1].offset - 1)
@@ -643,26 +718,26 @@ class BatchScorer:
         if proc is None:       # normally opened at assignment; recovery runs off the event loop
             await self.open_partitions([partition])
             proc = self.processors[partition]
-        try:
-            outputs = proc.process(logical, records)
-            produce = self.producer.produce
-            topics = self._topics
-            for t, key, value in outputs:       # Output(topic, key, value), unpacked in C
-                try:
-                    produce(topics[t], value, key, partition)
-                except BufferError:
-                    self.producer.poll(0.1)
-                    produce(topics[t], value, key, partition)
-        except Exception as exc:
-            self._fail(f"partition {partition}: {type(exc).__name__}: {exc}")
-            raise
+        return logical, proc
+
+    def _publish(self, partition: int, outputs: Sequence[Output]) -> None:
+        """Produce a batch's outputs, without waiting for them (the flush does)."""
+        produce = self.producer.produce
+        topics = self._topics
+        for t, key, value in outputs:       # Output(topic, key, value), unpacked in C
+            try:
+                produce(topics[t], value, key, partition)
+            except BufferError:
+                self.producer.poll(0.1)
+                produce(topics[t], value, key, partition)
+
+    def _handled(self, topic: str, partition: int, logical: str, records: Sequence[Any],
+                 proc: PartitionProcessor, t0: float) -> None:
+        """After a batch is published: its offsets wait for the next flush; count it."""
         if self.acker is not None and records:
             self._unacked.setdefault(partition, []).append((topic, [r.offset for r in records]))
         self.producer.poll(0)
         self._count(logical, len(records), proc, time.perf_counter() - t0)
-        if due := self._metrics_due(time.monotonic()):
-            self.publish_metrics(due)
-        self.start_flush()
 
     def start_flush(self) -> None:
         """Seal and start sending a flush on the event loop, once ``commit_interval_s`` has passed since

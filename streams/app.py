@@ -186,7 +186,8 @@ def create_app(settings: Settings, spec: PipelineSpec | None = None) -> Streamsc
     })
     scorer.acker = _faust_hooks.install(app, scorer.batch_topics, scorer.handle, rk_config=rk_config,
                                         poll_max=settings.batch_max, defer_acks=True,
-                                        linger_s=settings.fetch_linger_ms / 1000.0)
+                                        linger_s=settings.fetch_linger_ms / 1000.0,
+                                        round_handler=scorer.handle_round)
     return app
 
 

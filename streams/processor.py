@@ -136,6 +136,55 @@ class BatchStats:
     inference_s: dict[str, float] | None = None     # torch model -> seconds of its forward pass
 
 
+class Staged(NamedTuple):
+    """A batch after :meth:`PartitionProcessor.stage`: what its scoring loop starts from."""
+
+    decoded: list[Decoded]
+    new: list[int]                            # indexes of its new events (not answered from state)
+    features: dict[int, dict[str, float]]     # their window features, by index
+    inputs: dict[int, dict[str, Any]]         # their fields and window features, by index
+    rows: Any                                 # their numeric model inputs as a matrix, or None
+
+
+def score_together(batches: Sequence[tuple[PartitionProcessor, Staged]]
+                   ) -> list[tuple[dict[int, dict[str, float]], dict[str, float]]]:
+    """Frozen torch models' scores of several partitions' staged batches, in one forward pass per model.
+
+    Why: a forward pass of a small model costs about the same for one row
+    as for hundreds (torch's per-operation dispatch on a CPU; copies, kernel
+    launches and the sync on a GPU), and a worker at a moderate load fetches
+    rounds of a few records per partition: a pass per partition-batch was a
+    fifth of its CPU at half of its peak rate. Every processor must have the
+    same :meth:`~PartitionProcessor.frozen_key` (the models of the first one
+    score all rows). The scores are the bits each partition's own pass would
+    give: a row's score does not depend on the other rows of its pass
+    (``models.deep.ROW_BLOCK``). Returns, per batch, its scores by record
+    index (what :meth:`PartitionProcessor.process` takes as ``scores``) and
+    the pass's seconds by model for the first batch (reported once).
+    """
+    first = batches[0][0]
+    assert all(p.frozen_key() == first.frozen_key() is not None for p, _ in batches)
+    xs: list[dict[str, Any]] = []
+    for _, prep in batches:
+        xs += [prep.inputs.get(i) or prep.decoded[i].x for i in prep.new]   # type: ignore[misc]
+    all_rows = [prep.rows for _, prep in batches if prep.new]
+    rows = (np.concatenate(all_rows) if all_rows and all(r is not None for r in all_rows) else None)
+    out: list[tuple[dict[int, dict[str, float]], dict[str, float]]] = [
+        ({i: {} for i in prep.new}, {}) for _, prep in batches]
+    if not xs:
+        return out
+    for m in first.batch_models:
+        t0 = time.perf_counter()
+        ps = m.predict_proba_many(xs, rows)
+        out[0][1][m.name] = time.perf_counter() - t0
+        at = 0
+        for (_, prep), (by_index, _) in zip(batches, out):
+            for i, p in zip(prep.new, ps[at:at + len(prep.new)]):
+                by_index[i][m.name] = p
+            at += len(prep.new)
+    return out
+
+
 class PartitionProcessor:
     """Models, prequential metrics and state of one partition."""
 
@@ -296,23 +345,55 @@ class PartitionProcessor:
         return model.version
 
     # -- batch entry point -------------------------------------------------
-    def process(self, topic: str, records: Sequence[Any]) -> list[Output]:
-        """Process one batch of ``topic`` ("events" or "labels"), in offset order."""
-        stats = BatchStats(dlq=Tally(), latencies_s=[], rule_hits=Tally(), inference_s={})
-        out: list[Output] = []
+    def stage(self, records: Sequence[Any]) -> Staged:
+        """A batch's steps before its records are scored one by one: decode, dedupe, window features.
+
+        :meth:`process` calls it; a worker calls it first for every partition
+        of a fetch round when the round's frozen torch models score all
+        their new events in one pass (:func:`score_together`), and then
+        :meth:`process` with what it returned. Nothing else may touch this
+        partition in between.
+        """
         decode = self.codec.decode
         decoded = [decode(rec.value, rec.key) for rec in records]
         new = self._new_events(decoded)
-        fresh = set(new)
         # each new event's window features, and its model inputs (its fields and those), built once
         features, matrix = self._window_features(decoded, new) if self.windows is not None else ({}, None)
         inputs = {i: {**decoded[i].x, **f} for i, f in features.items()}  # type: ignore[dict-item]
         rows = self._model_rows(decoded, new, matrix) if matrix is not None and self._rows_ok else None
+        return Staged(decoded, new, features, inputs, rows)
+
+    def frozen_key(self) -> tuple[tuple[str, bytes], ...] | None:
+        """What another partition's torch models must match to score this one's events in the same
+        pass: each model's name and :meth:`~models.deep.DeepModel.scoring_key`. ``None`` when this
+        partition has no torch model, or one that learns (its weights move within a batch)."""
+        if not self.batch_models or self.batch_learners:
+            return None
+        return tuple((m.name, m.scoring_key()) for m in self.batch_models)
+
+    def process(self, topic: str, records: Sequence[Any], staged: Staged | None = None,
+                scores: Mapping[int, dict[str, float]] | None = None,
+                inference_s: Mapping[str, float] | None = None) -> list[Output]:
+        """Process one batch of ``topic`` ("events" or "labels"), in offset order.
+
+        ``staged``: :meth:`stage`'s result for these ``records``, if the
+        caller ran it. ``scores``: the frozen torch models' scores of its new
+        events (:func:`score_together`), by record index, and ``inference_s``
+        the time that pass took, to report.
+        """
+        stats = BatchStats(dlq=Tally(), latencies_s=[], rule_hits=Tally(), inference_s=dict(inference_s or {}))
+        out: list[Output] = []
+        prep = self.stage(records) if staged is None else staged
+        decoded, new, features, inputs, rows = prep.decoded, prep.new, prep.features, prep.inputs, prep.rows
+        fresh = set(new)
         # torch: new events are scored up to TORCH_CHUNK at a time, and again from the current one on
         # after a training step (labels earlier in the batch), so that every event sees the
         # weights after every record before it, whatever the micro-batch boundaries
-        batch_scores: dict[int, dict[str, float]] = {}
+        batch_scores: Mapping[int, dict[str, float]] = {}
         scored_at: tuple[int, ...] | None = None
+        if scores is not None:      # frozen models, scored already: no step can come
+            assert not self.batch_learners, "precomputed scores of a torch model that learns"
+            batch_scores, scored_at = scores, ()
         position = {j: k for k, j in enumerate(new)} if self.batch_models else {}
         labels_at = [i for i, d in enumerate(decoded) if d.kind == "label"] if self.batch_models else []
         for i, rec in enumerate(records):

@@ -77,3 +77,13 @@ def test_windows_benchmark_runs_every_kind_and_grace_saves_late_events():
     late = {r["kind"]: r["late"] for r in rows}
     assert late["session"] > 0 and late["sliding"] > 0
     assert late["session_grace"] == late["sliding_grace"] == late["tumbling_grace"] == 0
+
+
+def test_rounds_benchmark_publishes_the_same_bytes_both_ways():
+    """`python -m benchmarks.rounds`: ``handle`` and ``handle_round`` publish the same bytes (checked
+    inside ``run``: it raises otherwise) at each round size."""
+    from benchmarks.rounds import run
+
+    rows = run(events=3_000, per_partition=(2, 40), blocks=2, warm=1_000)
+    assert [r["records_per_partition"] for r in rows] == [2, 40]
+    assert all(r["us_per_event_batch"] > 0 and r["us_per_event_round"] > 0 for r in rows)
