@@ -7,8 +7,9 @@ faust agent at a few thousand events/s. streamscore keeps faust for what it
 does well (consumer group membership, assignment, rebalancing, offset
 bookkeeping and commits, the worker lifecycle) and replaces only the drain
 loop: records of the *batch topics* (events, labels) are handed to a batch
-handler one fetched partition-batch at a time, in offset order, and their
-offsets are acknowledged in bulk into faust's own bookkeeping, so faust's
+handler one fetched partition-batch at a time, in offset order (or, on the
+librdkafka path with a round handler, a fetch round's partition-batches at
+once), and their offsets are acknowledged in bulk into faust's own bookkeeping, so faust's
 normal commit logic commits them. Records of every other topic keep faust's
 normal per-message path.
 
