@@ -673,7 +673,14 @@ class BatchScorer:
     async def _handle_wave(self, batches: Sequence[tuple[str, int, Sequence[Any], int | None]]) -> None:
         """:meth:`handle_round` on batches of distinct partitions."""
         t0 = time.perf_counter()
-        taken = [await self._take(*b) for b in batches]
+        if missing := [b[1] for b in batches if b[1] not in self.processors and self._failed is None]:
+            # normally opened at assignment. Open them all before anything is staged: a rebalance
+            # may run while we wait, and a partition revoked meanwhile is its next owner's to read
+            await self.open_partitions(missing)
+            batches = [b for b in batches if b[1] in self.processors]
+            if not batches:
+                return
+        taken = [await self._take(*b) for b in batches]     # no wait left in them: all open
         staged: list[tuple[PartitionProcessor, Staged | None, Any]] = []
         partition = batches[0][1]
         try:

@@ -122,3 +122,29 @@ def test_scoring_keys_match_for_the_same_weights_and_change_with_them() -> None:
     assert copy.scoring_key() is key                        # kept while nothing it covers changed
     copy.load_weights_from(two.state())                     # a hot swap: a new network
     assert copy.scoring_key() == two.scoring_key()
+
+
+def test_a_round_opens_its_missing_partitions_first_and_leaves_one_revoked_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partitions are opened at assignment; one that is not yet is opened before anything of the round
+    is staged. A rebalance may run during that wait: a partition revoked meanwhile is not processed
+    (its next owner reads its records), the others are, as batch by batch."""
+    s = Settings(state_dir=tmp_path, changelog=False, metrics_port=0, snapshot_key="k" * 32)
+    producer = KeepingProducer()
+    scorer = BatchScorer(s, load_spec(FULL), producer=producer)  # type: ignore[arg-type]
+    asyncio.run(scorer.open_partitions([0, 1]))
+    real_open = scorer.open_partitions
+
+    async def open_while_revoking(partitions: Any) -> None:
+        scorer.close([0])                   # the rebalance callback, run while the open waits
+        await real_open(partitions)
+
+    monkeypatch.setattr(scorer, "open_partitions", open_while_revoking)
+    docs = [{"event_id": f"e{p}-{i}", "ts": i, "user": "u", "merchant": "m", "country": "c",
+             "amount": 1.0 + i, "quantity": 1} for p in range(3) for i in range(3)]
+    batches = [(s.topic("events"), p, [Record(i, b"u", orjson.dumps(d), 1_000)
+                                       for i, d in enumerate(docs[3 * p:3 * p + 3])], None) for p in range(3)]
+    asyncio.run(scorer.handle_round(batches))
+    assert sorted(scorer.processors) == [1, 2]
+    assert sorted(producer.sent) == [1, 2] and all(len(v) == 3 for v in producer.sent.values())
+    scorer.close()
