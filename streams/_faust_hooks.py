@@ -30,6 +30,8 @@ from aiokafka.consumer.group_coordinator import GroupCoordinator, OffsetCommitRe
 from faust.transport.consumer import ack_lock
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from streams.settings import FETCH_LINGER_BELOW
+
 #: (owner, attribute) pairs of faust's private surface we depend on.
 PRIVATE_SURFACE: tuple[tuple[str, str], ...] = (
     ("Consumer", "_drain_messages"),
@@ -173,7 +175,7 @@ class LibrdkafkaBatchConsumer(BatchConsumer):
     round_handler: RoundHandler | None = None
     #: seconds to wait after a fetch round of fewer than :attr:`linger_below` records (Settings.fetch_linger_ms)
     linger_s: float = 0.0
-    linger_below: int = 400
+    linger_below: int = FETCH_LINGER_BELOW
     #: seconds a partition may have records waiting while its fetches return none, before
     #: the fetch wait is raised (see :meth:`_fetch_longer`)
     stall_s: float = 3.0

@@ -954,6 +954,7 @@ class BatchScorer:
         for p in parts:
             self._unacked.pop(p, None)
             self._epochs.pop(p, None)
+            self._next_metrics.pop(p, None)
             proc = self.processors.pop(p, None)
             if proc is not None:
                 proc.store.discard()
@@ -986,6 +987,7 @@ class BatchScorer:
             self.save_checkpoints(force=True)
         for p in parts:
             self._epochs.pop(p, None)
+            self._next_metrics.pop(p, None)
             proc = self.processors.pop(p, None)
             if proc is not None:
                 proc.close()

@@ -25,6 +25,9 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: ``fetch_linger_ms`` applies after a fetch round of fewer records than this
+FETCH_LINGER_BELOW = 400
+
 ENV_PREFIX = "STREAMSCORE_"
 
 #: Logical topic names; the actual name is ``topic_prefix + logical``.
@@ -62,7 +65,8 @@ class Settings(BaseSettings):
                     "(then 5,000) from then on and logs it; start at 500 there to skip that stall.")
     fetch_linger_ms: float = Field(
         0.0, ge=0, le=1_000,
-        description="After a fetch round of fewer than 400 records, wait this long before the next, so that "
+        description=f"After a fetch round of fewer than {FETCH_LINGER_BELOW} records, wait this long before "
+                    "the next, so that "
                     "it brings more (0: never wait). A micro-batch has a fixed cost (a torch forward pass, a "
                     "kernel call per window definition, ~150 us in the full benchmark pipeline), and at a "
                     "moderate load each round brings a few dozen records a partition: waiting trades a few "

@@ -237,4 +237,6 @@ def test_metrics_snapshots_are_spread_over_the_interval_a_partition_at_a_time(
     now[0] += 10.0                               # idle for 10 s: all of them are due
     asyncio.run(scorer.handle(topic, 0, events(9000, 1)))
     assert snapshots() == [0, 1, 2, 3]
+    scorer.close([2, 3])                         # revoked: their grid points go with them
+    assert sorted(scorer._next_metrics) == [0, 1]
     scorer.close()
