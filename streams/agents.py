@@ -29,7 +29,7 @@ from models.registry import BATCH_KINDS
 from streams.changelog import Changelog, create_changelog_topic
 from streams.failpoints import Failpoints
 from streams.metrics import Metrics
-from streams.processor import Output, PartitionProcessor, Staged, score_together
+from streams.processor import Output, PartitionProcessor, score_together
 from streams.settings import Settings
 from streams.spec import PipelineSpec
 from streams.state import PartitionStore, remove_leftovers, remove_unused
@@ -681,23 +681,13 @@ class BatchScorer:
             if not batches:
                 return
         taken = [await self._take(*b) for b in batches]     # no wait left in them: all open
-        staged: list[tuple[PartitionProcessor, Staged | None, Any]] = []
         partition = batches[0][1]
         try:
-            groups: dict[Any, list[int]] = {}
-            for k, ((_, partition, records, _), (_, proc)) in enumerate(zip(batches, taken)):
-                key = proc.frozen_key()
-                prep = proc.stage(records) if key is not None else None
-                staged.append((proc, prep, None))
-                if prep is not None and prep.new:
-                    groups.setdefault(key, []).append(k)
-            for members in groups.values():
-                if len(members) < 2:
-                    continue
-                scored = score_together([(staged[k][0], staged[k][1]) for k in members])  # type: ignore[misc]
-                for k, s in zip(members, scored):
-                    staged[k] = (staged[k][0], staged[k][1], s)
-            for (topic, partition, records, _), (logical, proc), (_, prep, s) in zip(batches, taken, staged):
+            staged = []
+            for (_, partition, records, _), (_, proc) in zip(batches, taken):
+                staged.append((proc, proc.stage(records)))
+            scores = score_together(staged)
+            for (topic, partition, records, _), (logical, proc), (_, prep), s in zip(batches, taken, staged, scores):
                 out = proc.process(logical, records, prep, *(s if s is not None else (None, None)))
                 self._publish(partition, out)
                 self._handled(topic, partition, logical, records, proc, t0)

@@ -147,41 +147,55 @@ class Staged(NamedTuple):
 
 
 def score_together(batches: Sequence[tuple[PartitionProcessor, Staged]]
-                   ) -> list[tuple[dict[int, dict[str, float]], dict[str, float]]]:
-    """Frozen torch models' scores of several partitions' staged batches, in one forward pass per model.
+                   ) -> list[tuple[dict[int, dict[str, float]], dict[str, float]] | None]:
+    """Frozen torch models' scores of several partitions' staged batches, one forward pass per model
+    for all the batches whose processors have the same :meth:`~PartitionProcessor.frozen_key`.
 
     Why: a forward pass of a small model costs about the same for one row
     as for hundreds (torch's per-operation dispatch on a CPU; copies, kernel
     launches and the sync on a GPU), and a worker at a moderate load fetches
     rounds of a few records per partition: a pass per partition-batch was a
-    fifth of its CPU at half of its peak rate. Every processor must have the
-    same :meth:`~PartitionProcessor.frozen_key` (the models of the first one
-    score all rows). The scores are the bits each partition's own pass would
-    give: a row's score does not depend on the other rows of its pass
-    (``models.deep.ROW_BLOCK``). Returns, per batch, its scores by record
-    index (what :meth:`PartitionProcessor.process` takes as ``scores``) and
-    the pass's seconds by model for the first batch (reported once).
+    fifth of its CPU at half of its peak rate. The models of a group's first
+    processor score all its rows. The scores are the bits each partition's
+    own pass would give: a row's score does not depend on the other rows of
+    its pass (``models.deep.ROW_BLOCK``). Returns, per batch, its scores by
+    record index (what :meth:`PartitionProcessor.process` takes as
+    ``scores``) and the pass's seconds by model for a group's first batch
+    (reported once); ``None`` for a batch no other shares a pass with (its
+    processor has no frozen torch model, or the only one with these weights,
+    or no new event): :meth:`~PartitionProcessor.process` scores it itself.
     """
-    first = batches[0][0]
-    assert all(p.frozen_key() == first.frozen_key() is not None for p, _ in batches)
+    groups: dict[tuple[tuple[str, bytes], ...], list[int]] = {}
+    for k, (proc, staged) in enumerate(batches):
+        if staged.new and (key := proc.frozen_key()) is not None:
+            groups.setdefault(key, []).append(k)
+    out: list[tuple[dict[int, dict[str, float]], dict[str, float]] | None] = [None] * len(batches)
+    for members in groups.values():
+        if len(members) > 1:
+            for k, scored in zip(members, _one_pass([batches[k] for k in members])):
+                out[k] = scored
+    return out
+
+
+def _one_pass(batches: Sequence[tuple[PartitionProcessor, Staged]]
+              ) -> list[tuple[dict[int, dict[str, float]], dict[str, float]]]:
+    """:func:`score_together` on batches of one group: the first processor's models score every row."""
     xs: list[dict[str, Any]] = []
-    for _, prep in batches:
-        xs += [prep.inputs.get(i) or prep.decoded[i].x for i in prep.new]   # type: ignore[misc]
-    all_rows = [prep.rows for _, prep in batches if prep.new]
-    rows = (np.concatenate(all_rows) if all_rows and all(r is not None for r in all_rows) else None)
+    for _, staged in batches:
+        xs += [staged.inputs.get(i) or staged.decoded[i].x for i in staged.new]   # type: ignore[misc]
+    all_rows = [staged.rows for _, staged in batches]
+    rows = np.concatenate(all_rows) if all(r is not None for r in all_rows) else None
     out: list[tuple[dict[int, dict[str, float]], dict[str, float]]] = [
-        ({i: {} for i in prep.new}, {}) for _, prep in batches]
-    if not xs:
-        return out
-    for m in first.batch_models:
+        ({i: {} for i in staged.new}, {}) for _, staged in batches]
+    for m in batches[0][0].batch_models:
         t0 = time.perf_counter()
         ps = m.predict_proba_many(xs, rows)
         out[0][1][m.name] = time.perf_counter() - t0
         at = 0
-        for (_, prep), (by_index, _) in zip(batches, out):
-            for i, p in zip(prep.new, ps[at:at + len(prep.new)]):
+        for (_, staged), (by_index, _) in zip(batches, out):
+            for i, p in zip(staged.new, ps[at:at + len(staged.new)]):
                 by_index[i][m.name] = p
-            at += len(prep.new)
+            at += len(staged.new)
     return out
 
 
@@ -349,9 +363,9 @@ class PartitionProcessor:
         """A batch's steps before its records are scored one by one: decode, dedupe, window features.
 
         :meth:`process` calls it; a worker calls it first for every partition
-        of a fetch round when the round's frozen torch models score all
-        their new events in one pass (:func:`score_together`), and then
-        :meth:`process` with what it returned. Nothing else may touch this
+        of a fetch round (``BatchScorer.handle_round``), so that frozen torch
+        models can score all the round's new events in one pass
+        (:func:`score_together`), and then :meth:`process` with what it returned. Nothing else may touch this
         partition in between.
         """
         decode = self.codec.decode
