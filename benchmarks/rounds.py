@@ -86,9 +86,26 @@ def random_weights(seed: int = 1) -> DeepModel:
     return model
 
 
+def _largest_difference(a: Any, b: Any) -> float:
+    """The largest absolute difference between the numbers of two decoded outputs of the same shape."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return max((_largest_difference(a[k], b.get(k)) for k in a), default=0.0)
+    if isinstance(a, list) and isinstance(b, list):
+        return max((_largest_difference(x, y) for x, y in zip(a, b)), default=0.0)
+    if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
+        return abs(float(a) - float(b))
+    return 0.0 if a == b else float("inf")
+
+
 def run(events: int = 40_000, per_partition: Sequence[int] = (2, 10, 50, 200), blocks: int = 6,
-        warm: int = 4_000) -> list[dict[str, Any]]:
-    """µs per event both ways, for each number of records per partition and round."""
+        warm: int = 4_000, allow_differences: bool = False) -> list[dict[str, Any]]:
+    """µs per event both ways, for each number of records per partition and round.
+
+    Both ways must publish the same bytes (:class:`RuntimeError` otherwise). On
+    CUDA a row's score may change in its last bits with the rows beside it (the
+    kernels are chosen by shape), so there ``allow_differences`` reports how many
+    outputs differ (``differing_outputs``) instead of raising.
+    """
     w = make_workload(events, partitions=PARTITIONS, labels=True)
     by_partition: dict[int, list[Any]] = {}
     for r in w.records:
@@ -144,13 +161,22 @@ def run(events: int = 40_000, per_partition: Sequence[int] = (2, 10, 50, 200), b
                     spent[name] += time.perf_counter() - t0
                     done[name] += n
             sent = [s.producer.sent for s in scorers.values()]  # type: ignore[attr-defined]
+            device = str(next(m.device for proc in scorers["round"].processors.values()
+                              for m in proc.batch_models if isinstance(m, DeepModel)))
             for s in scorers.values():
                 s.close()
-        if sent[0] != sent[1]:
-            raise RuntimeError(f"{per} records per partition: handle_round published other bytes than handle")
+        differ = sum(sum(a != b for a, b in zip(sent[0].get(p, []), sent[1].get(p, [])))
+                     + abs(len(sent[0].get(p, [])) - len(sent[1].get(p, []))) for p in set(sent[0]) | set(sent[1]))
+        largest = max((_largest_difference(json.loads(a[1]), json.loads(b[1]))
+                       for p in sent[0] for a, b in zip(sent[0][p], sent[1].get(p, [])) if a != b), default=0.0)
+        if differ and not allow_differences:
+            raise RuntimeError(f"{per} records per partition: handle_round published other bytes than handle "
+                               f"({differ} outputs differ)")
         us = {name: spent[name] / (done[name] / 2) * 1e6 for name in scorers}   # an event and its label
         rows.append({"records_per_partition": per, "us_per_event_batch": round(us["batch"], 1),
-                     "us_per_event_round": round(us["round"], 1), "ratio": round(us["batch"] / us["round"], 2)})
+                     "us_per_event_round": round(us["round"], 1), "ratio": round(us["batch"] / us["round"], 2),
+                     "device": device, "differing_outputs": differ,
+                     "largest_difference": largest})
     return rows
 
 
@@ -161,15 +187,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--per-partition", default="2,10,50,200",
                     help="Records per partition and round, comma-separated. Default: 2,10,50,200.")
     ap.add_argument("--blocks", type=int, default=6, help="Alternating timed blocks per scorer. Default: 6.")
+    ap.add_argument("--allow-differences", action="store_true",
+                    help="Report outputs that differ between the two ways instead of failing (for CUDA, whose "
+                         "kernels may change a score's last bits with the rows beside it).")
     ap.add_argument("--json", help="Write the rows as JSON here.")
     args = ap.parse_args(argv)
     tune_gc(50_000)                   # as a worker does
-    rows = run(args.events, [int(x) for x in args.per_partition.split(",")], args.blocks)
-    print(f"full, {PARTITIONS} partitions in process, {args.events:,} events: µs per event (and its label)")
+    rows = run(args.events, [int(x) for x in args.per_partition.split(",")], args.blocks,
+               allow_differences=args.allow_differences)
+    print(f"full, {PARTITIONS} partitions in process, {args.events:,} events, torch on {rows[0]['device']}: "
+          f"µs per event (and its label)")
     print(f"{'records/partition/round':>23}  {'handle':>8}  {'handle_round':>12}  {'ratio':>6}")
     for r in rows:
         print(f"{r['records_per_partition']:>23,}  {r['us_per_event_batch']:>8.1f}  "
-              f"{r['us_per_event_round']:>12.1f}  {r['ratio']:>5.2f}×")
+              f"{r['us_per_event_round']:>12.1f}  {r['ratio']:>5.2f}×"
+              + (f"  ({r['differing_outputs']:,} outputs differ, by {r['largest_difference']:.2g} at most)"
+                 if r["differing_outputs"] else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
