@@ -103,6 +103,15 @@ CLIP = 5.0
 #: that cuts batches elsewhere reproduces every score).
 ROW_BLOCK = 16
 
+#: On CUDA every inference pass has exactly this many rows: a batch is padded
+#: to a multiple of it and run in slices of it. CUDA picks its matrix kernels
+#: by shape, and a row's score moved by up to 2.4e-7 with the rows beside it
+#: when passes had other row counts (BENCHMARKS.md, 2026-11-28, H200); one
+#: shape is one kernel, so a row's score is again the same bits in any batch.
+#: 1,024 rows is where a pass on an H200 gave the most rows/s; a pass of 1 row
+#: cost about as much (kernel launches and copies, not arithmetic).
+CUDA_PASS_ROWS = 1024
+
 
 @dataclass(frozen=True)
 class DeepParams:
@@ -316,6 +325,8 @@ class DeepModel:
         net.init(torch.Generator().manual_seed(params.seed))
         self._net = net.to(self.device).eval()
         self._opt = self._new_optimizer()
+        #: rows of every inference pass (see CUDA_PASS_ROWS); None: one pass, padded to ROW_BLOCK
+        self._pass_rows: int | None = CUDA_PASS_ROWS if self.device.type == "cuda" else None
 
         # Running statistics of the dense features (Chan et al. merge, per feature).
         self._count = np.zeros(n_num, dtype=np.float64)
@@ -455,13 +466,17 @@ class DeepModel:
         if n == 0:
             return []
         num, cat = self._encode(xs, num)
-        pad = -n % ROW_BLOCK
-        if pad:   # same row, same bits, whatever the batch size (see ROW_BLOCK)
+        rows = self._pass_rows
+        pad = -n % (rows or ROW_BLOCK)
+        if pad:   # same row, same bits, whatever the batch size (see ROW_BLOCK, CUDA_PASS_ROWS)
             num = np.concatenate([num, np.repeat(num[:1], pad, axis=0)])
             cat = np.concatenate([cat, np.repeat(cat[:1], pad, axis=0)])
         with torch.inference_mode():
             dense, cat_t = self._inputs(num, cat, self._mean, self._inv_std)
-            logits = self._net(dense, cat_t)
+            if rows is None or n + pad == rows:
+                logits = self._net(dense, cat_t)
+            else:
+                logits = torch.cat([self._net(dense[i:i + rows], cat_t[i:i + rows]) for i in range(0, n + pad, rows)])
             return torch.sigmoid(logits.double()).cpu().tolist()[:n]
 
     def predict_proba_one(self, x: Features) -> float:

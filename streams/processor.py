@@ -158,7 +158,7 @@ def score_together(batches: Sequence[tuple[PartitionProcessor, Staged]]
     fifth of its CPU at half of its peak rate. The models of a group's first
     processor score all its rows. The scores are the bits each partition's
     own pass would give: a row's score does not depend on the other rows of
-    its pass (``models.deep.ROW_BLOCK``). Returns, per batch, its scores by
+    its pass (``models.deep.ROW_BLOCK``, ``CUDA_PASS_ROWS``). Returns, per batch, its scores by
     record index (what :meth:`PartitionProcessor.process` takes as
     ``scores``) and the pass's seconds by model for a group's first batch
     (reported once); ``None`` for a batch no other shares a pass with (its

@@ -19,7 +19,13 @@ import pytest
 import torch
 
 from models.base import Classifier
-from models.deep import DeepModel, DeepParams, load_checkpoint, resolve_device
+from models.deep import (
+    CUDA_PASS_ROWS,
+    DeepModel,
+    DeepParams,
+    load_checkpoint,
+    resolve_device,
+)
 
 NUMERIC = [f"n{i}" for i in range(12)]
 CATEGORICAL = ["country"]
@@ -208,6 +214,44 @@ def test_batch_prediction_equals_per_row_prediction(trained: DeepModel, data: An
     assert len(batch) == len(rows)
     assert max(abs(a - b) for a, b in zip(batch, single, strict=True)) <= 1e-6
     assert len({round(p, 6) for p in batch}) > 100        # not a constant model
+
+
+def _scores_by_cut(m: DeepModel, rows: list[dict[str, Any]], cuts: list[int]) -> list[list[float]]:
+    """Each row's score when the rows are cut into batches of each size in ``cuts``."""
+    return [[p for i in range(0, len(rows), c) for p in m.predict_proba_many(rows[i:i + c])] for c in cuts]
+
+
+def test_a_rows_score_is_the_same_bits_in_any_batch(trained: DeepModel, data: Any) -> None:
+    """Replays and restarts cut micro-batches elsewhere, and a fetch round scores several
+    partitions in one pass: a row's score must not move with the rows beside it."""
+    rows = data[2][:700]
+    first, *others = _scores_by_cut(trained, rows, [700, 1, 5, 16, 17, 64, 333])
+    for other in others:
+        assert other == first                       # float equality: the same bits
+
+
+def test_fixed_size_passes_give_the_scores_of_one_pass(trained: DeepModel, data: Any) -> None:
+    """The bookkeeping of CUDA's fixed-shape passes (padding, slices, the rows put back in
+    order), run on the CPU with 32-row passes: the same bits as one pass over the batch."""
+    rows = data[2][:300]
+    whole = trained.predict_proba_many(rows)
+    sliced = copy.deepcopy(trained)
+    sliced._pass_rows = 32
+    assert sliced.predict_proba_many(rows) == whole                  # 300 rows: 10 passes, 20 padded
+    assert sliced.predict_proba_many(rows[:32]) == whole[:32]        # exactly one pass
+    assert sliced.predict_proba_many(rows[7:8]) == whole[7:8]
+    assert trained._pass_rows is None and model()._pass_rows is None   # the CPU runs one pass
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_a_rows_score_is_the_same_bits_in_any_batch(trained: DeepModel, data: Any) -> None:
+    gpu = DeepModel.loads(trained.dumps(), device="cuda")
+    assert gpu._pass_rows == CUDA_PASS_ROWS
+    rows = (data[2] * 3)[:2 * CUDA_PASS_ROWS + 300]
+    first, *others = _scores_by_cut(gpu, rows, [len(rows), 1, 17, 64, 700, CUDA_PASS_ROWS, CUDA_PASS_ROWS + 1])
+    for other in others:
+        assert other == first
 
 
 def test_forward_is_the_layers_called_as_modules_bit_for_bit(trained: DeepModel, data: Any) -> None:
