@@ -819,31 +819,32 @@ class BatchScorer:
 
     def _count(self, logical: str, n: int, proc: PartitionProcessor, elapsed_s: float = 0.0) -> None:
         m, s = self.metrics, proc.last_stats
-        m.events_in.labels(topic=logical).inc(n)
+        child = m.labelled
+        child(m.events_in, logical).inc(n)
         m.batch_size.observe(n)
         if s.events:  # receive-to-publish is the batch's time for each of its events
             m.observe_many(m.processing_latency, elapsed_s, s.events)
         if s.predictions:
-            m.predictions.labels(model=proc.decision if proc.models else "features").inc(s.predictions)
+            child(m.predictions, proc.decision if proc.models else "features").inc(s.predictions)
         if s.duplicates:
             m.duplicates.inc(s.duplicates)
         if s.labels_joined:
-            m.labels.labels(outcome="joined").inc(s.labels_joined)
+            child(m.labels, "joined").inc(s.labels_joined)
         if s.labels_pending:
-            m.labels.labels(outcome="pending").inc(s.labels_pending)
+            child(m.labels, "pending").inc(s.labels_pending)
         if s.labels_timed_out:
-            m.labels.labels(outcome="timed_out").inc(s.labels_timed_out)
+            child(m.labels, "timed_out").inc(s.labels_timed_out)
         if s.labels_late:
-            m.labels.labels(outcome="late").inc(s.labels_late)
+            child(m.labels, "late").inc(s.labels_late)
         for reason, c in (s.dlq or {}).items():
-            m.dlq.labels(reason=reason).inc(c)
+            child(m.dlq, reason).inc(c)
         if s.latencies_s:
             m.observe_batch(m.e2e_latency, s.latencies_s)
         for rule, c in (s.rule_hits or {}).items():
-            m.rule_hits.labels(rule=rule).inc(c)
+            child(m.rule_hits, rule).inc(c)
         for model, secs in (s.inference_s or {}).items():
             dev = next((b.device.type for b in proc.batch_models if b.name == model), "cpu")
-            m.inference_latency.labels(model=model, device=dev).observe(secs)
+            child(m.inference_latency, model, dev).observe(secs)
 
     def _metrics_due(self, now: float) -> list[int]:
         """The partitions whose snapshot is due: each on a grid of ``metrics_interval_s`` of its own,

@@ -1418,10 +1418,24 @@ class Windows:
             if not isinstance(p[3], (_Sliding, _Keyed, _GraceSessions)):
                 members.setdefault((p[0], p[1]), []).append(i)
         self._groups: dict[int, _TumblingGroup] = {}
+        #: by the kernels' output widths: the joined rows' columns to keep, and the omittable ones
+        self._gather: dict[tuple[int, ...], tuple[np.ndarray, list[tuple[int, str]]]] = {}
         for (key_field, field), idx in members.items():
             if len(idx) > 1:
                 group = _TumblingGroup(key_field, field, [(self._plan[i][2], self._plan[i][3]) for i in idx])
                 self._groups.update(dict.fromkeys(idx, group))
+
+    def _gather_plan(self, widths: tuple[int, ...]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        """For kernel outputs of these widths joined side by side: the columns of the feature
+        matrix (spec order), and ``(column, name)`` of the features omitted where NaN."""
+        take: list[int] = []
+        omitted: list[tuple[int, str]] = []
+        at = 0
+        for width, (_, _, _, _, cols, _, omit) in zip(widths, self._plan):
+            omitted += [(len(take) + cols.index(col), name) for col, name in omit]
+            take += [at + c for c in cols]
+            at += width
+        return np.array(take, dtype=np.intp), omitted
 
     @property
     def late(self) -> int:
@@ -1450,11 +1464,9 @@ class Windows:
         entity: dict[str, list[str]] = {}
         raw_values: dict[str, list[object]] = {}
         numeric: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        blocks: list[np.ndarray] = []
-        all_names: list[str] = []
-        omitted: list[tuple[int, str]] = []            # (column in the joined matrix, feature name)
+        results: list[np.ndarray] = []                 # each window's kernel rows, all its columns
         loaded: set[int] = set()                       # groups whose members' state is loaded
-        for at_plan, (key_field, field, prefix, table, cols, names, omit) in enumerate(self._plan):
+        for at_plan, (key_field, field, prefix, table, _cols, _names, _omit) in enumerate(self._plan):
             base = entity.get(key_field)
             if base is None:
                 base = entity[key_field] = [str(e.get(key_field)) for e in events]
@@ -1489,12 +1501,15 @@ class Windows:
                         group.load_missing(base, load)
                         loaded.add(id(group))
                     res = table.update_many(base, ts_arr, values, has)
-            at = len(all_names)
-            omitted += [(at + cols.index(col), name) for col, name in omit]
-            blocks.append(res[:, cols])
-            all_names += names
-        matrix = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
-        out = [dict(zip(all_names, row)) for row in matrix.tolist()]
+            results.append(res)
+        widths = tuple(r.shape[1] for r in results)
+        gather = self._gather.get(widths)
+        if gather is None:
+            gather = self._gather[widths] = self._gather_plan(widths)
+        take, omitted = gather
+        # one join and one gather (a fancy index per window and then a join: 6x slower on small batches)
+        matrix = (results[0] if len(results) == 1 else np.concatenate(results, axis=1)).take(take, axis=1)
+        out = [dict(zip(self.names, row)) for row in matrix.tolist()]
         for col, name in omitted:                # "last"/"since" with no previous item: omitted
             for i in np.flatnonzero(np.isnan(matrix[:, col])).tolist():
                 del out[i][name]
