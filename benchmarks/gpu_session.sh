@@ -7,7 +7,8 @@
 # that way once (BENCHMARKS.md, 2026-11-27 01:58). This packs everything into $OUT/gpu_session.tar.gz
 # and keeps the two summaries beside it, and prints them (the tool returns the output's tail).
 #
-# Run from the repository root of the GPU machine with carry: [".whl"] (see gpu_e2e.sh):
+# Fill .whl on the dev machine first (`bash benchmarks/gpu_wheels.sh`: the wheels gpu_check.sh and gpu_e2e.sh
+# install there), then run from the repository root of the GPU machine with carry: [".whl"]:
 #     bash benchmarks/gpu_session.sh
 # Then, with the packages gpu_e2e.sh installed, `python -m benchmarks.rounds` (one torch pass per fetch
 # round against one per partition-batch, in process) with the model on CUDA and on the CPU, each bounded
