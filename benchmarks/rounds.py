@@ -165,10 +165,14 @@ def run(events: int = 40_000, per_partition: Sequence[int] = (2, 10, 50, 200), b
                               for m in proc.batch_models if isinstance(m, DeepModel)))
             for s in scorers.values():
                 s.close()
-        differ = sum(sum(a != b for a, b in zip(sent[0].get(p, []), sent[1].get(p, [])))
-                     + abs(len(sent[0].get(p, [])) - len(sent[1].get(p, []))) for p in set(sent[0]) | set(sent[1]))
-        largest = max((_largest_difference(json.loads(a[1]), json.loads(b[1]))
-                       for p in sent[0] for a, b in zip(sent[0][p], sent[1].get(p, [])) if a != b), default=0.0)
+        differ, largest = 0, 0.0              # outputs that differ (or are missing), and by how much at most
+        for p in set(sent[0]) | set(sent[1]):
+            by_batch, by_round = sent[0].get(p, []), sent[1].get(p, [])
+            differ += abs(len(by_batch) - len(by_round))
+            for a, b in zip(by_batch, by_round):
+                if a != b:
+                    differ += 1
+                    largest = max(largest, _largest_difference(json.loads(a[1]), json.loads(b[1])))
         if differ and not allow_differences:
             raise RuntimeError(f"{per} records per partition: handle_round published other bytes than handle "
                                f"({differ} outputs differ)")
