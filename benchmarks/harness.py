@@ -44,7 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,63 @@ def _wait_done(inst: Any, expected: int, stall_s: float, windows: Sequence[CpuWi
         time.sleep(0.05)
 
 
+def worker_rates(ts_ms: Mapping[str, int], partitions: Sequence[int],
+                 owners: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """How fast a group of workers is *while all of them run*, from the outputs' Kafka timestamps.
+
+    ``ts_ms``: event id (``e0000042``) -> output timestamp; ``partitions``:
+    each event's input partition; ``owners``: the partitions of each worker.
+
+    Why not only outputs / (last output - first output), as for one worker:
+    for a group that span also holds the gap between the workers' starts (the
+    embedded broker answers each member's JoinGroup a fixed time after *its*
+    request, so a worker whose process started 0.5 s later starts 0.5 s later,
+    a third of a 200,000-event run on a fast day) and the tail where one
+    worker runs alone on cores the other has left. Neither happens to a group
+    that keeps up with a live stream. What such a group sustains is set by
+    its slowest worker for its share: input rate x share_w <= rate_w for each
+    worker w, so the group sustains min_w rate_w / share_w events/s, with
+    rate_w measured in the window where every worker publishes (from the
+    last worker's first output to the first worker's last output) and
+    share_w its part of all outputs.
+
+    Two workers at 100 events/s each, the second started 3 s late: 2,000
+    outputs in 13 s, but the pair sustains 200 events/s:
+
+    >>> stamps = [*range(0, 10_000, 10), *range(3_000, 13_000, 10)]
+    >>> ts = {f"e{i:07d}": t for i, t in enumerate(stamps)}
+    >>> r = worker_rates(ts, [0] * 1000 + [1] * 1000, owners=[[0], [1]])
+    >>> r["worker_spans_s"], r["window_s"], r["events_per_s_all_running"]
+    ([[0.0, 9.99], [3.0, 12.99]], 6.99, 200.0)
+    """
+    worker_of = {p: w for w, ps in enumerate(owners) for p in ps}
+    per_worker: list[list[int]] = [[] for _ in owners]
+    for eid, ts in ts_ms.items():
+        w = worker_of.get(partitions[int(eid[1:])])
+        if w is None:
+            return {}                                    # a partition no worker reported: no figure
+        per_worker[w].append(ts)
+    if not all(per_worker):
+        return {}
+    t0 = min(ts_ms.values())
+    firsts = [min(ts) for ts in per_worker]
+    lasts = [max(ts) for ts in per_worker]
+    lo, hi = max(firsts), min(lasts)
+    n = sum(len(ts) for ts in per_worker)
+    out: dict[str, Any] = {
+        "outputs_per_worker": [len(ts) for ts in per_worker],
+        "worker_spans_s": [[round((a - t0) / 1000, 2), round((b - t0) / 1000, 2)] for a, b in zip(firsts, lasts)],
+        "window_s": round((hi - lo) / 1000, 3) if hi > lo else 0.0,
+    }
+    if hi - lo < 1000:                                   # under a second together: too short to say
+        out["events_per_s_all_running"] = None
+        return out
+    rates = [sum(1 for t in ts if lo <= t < hi) / ((hi - lo) / 1000) for ts in per_worker]
+    out["worker_rates_all_running"] = [round(r, 1) for r in rates]
+    out["events_per_s_all_running"] = round(min(r / (len(ts) / n) for r, ts in zip(rates, per_worker)), 1)
+    return out
+
+
 def measure(ctx: Context, target: Target, workload: Workload, tag: str,
             paced_rate: float | None = None) -> dict[str, Any]:
     """One run of ``target`` over ``workload`` (a throughput run, or a latency run if paced)."""
@@ -209,6 +266,9 @@ def _measure(ctx: Context, target: Target, workload: Workload, inst: Any,
         **details,
         **extra,
     }
+    owners = extra.get("partitions_per_worker")
+    if owners and out.ts_ms:
+        res.update(worker_rates(out.ts_ms, workload.partitions, owners))
     if paced_rate is not None:
         t_first = min(sent.values()) if sent else 0
         t_last = max(sent.values()) if sent else 0
@@ -243,7 +303,9 @@ def run_target(ctx: Context, target: Target, workload: Workload) -> dict[str, An
             summary["reps"].append(rep)
             echo(f"  {target.name} rep {r + 1}/{opts.repeat}: {_num(rep['events_per_s'])} events/s, "
                  f"CPU {_num(rep['cpu_pct'])} %, peak RSS {_num(rep['peak_rss_mb'])} MB, "
-                 f"correct {rep['correct']}" + (f"  {rep['problems']}" if rep["problems"] else ""))
+                 f"correct {rep['correct']}" + (f"  {rep['problems']}" if rep["problems"] else "")
+                 + (f"; while all workers ran: {_num(rep['events_per_s_all_running'])} events/s, "
+                    f"worker spans {rep['worker_spans_s']} s" if rep.get("events_per_s_all_running") else ""))
         reps = summary["reps"]
         eps = [r["events_per_s"] for r in reps if r["events_per_s"]]
         summary["events_per_s"] = round(statistics.median(eps), 1) if eps else None
@@ -251,6 +313,9 @@ def run_target(ctx: Context, target: Target, workload: Workload) -> dict[str, An
         summary["cpu_pct"] = round(statistics.median(cpus), 1) if cpus else None
         summary["peak_rss_mb"] = max(r["peak_rss_mb"] for r in reps) if reps else None
         summary["correct"] = bool(reps) and all(r["correct"] for r in reps)
+        running = [r["events_per_s_all_running"] for r in reps if r.get("events_per_s_all_running")]
+        if running:
+            summary["events_per_s_all_running"] = round(statistics.median(running), 1)
         if opts.latency and summary["events_per_s"]:
             rate = summary["events_per_s"] / 2.0
             n = max(1000, int(rate * opts.latency_seconds))
@@ -476,6 +541,14 @@ def append_markdown(path: Path, report: dict[str, Any]) -> None:
         lines.append(f"- Windows keyed by a field other than the partitioning key (user) are partition-local "
                      f"in {', '.join(runs_local)} ({', '.join(wins)}): they matched the per-partition "
                      f"reference, not the global one.")
+    for name, r in report["runs"].items():
+        if r.get("events_per_s_all_running"):
+            reps = [rep for rep in r.get("reps", []) if rep.get("events_per_s_all_running")]
+            lines.append(f"- `{name}` while all its workers ran (`benchmarks.harness.worker_rates`): median "
+                         f"{_num(r['events_per_s_all_running'])} events/s; by repetition "
+                         + ", ".join(f"{_num(rep['events_per_s_all_running'])} (spans "
+                                     + " and ".join(f"{a}-{b}" for a, b in rep["worker_spans_s"]) + " s)"
+                                     for rep in reps) + ".")
     if k := report.get("kernels"):
         lines.append(f"- Window kernels in process ({k['events']:,} events x {k['keys']} keys, batches of "
                      f"{k['batch']:,}, {k['aggregations']} aggregations): native "

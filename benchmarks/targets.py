@@ -220,6 +220,7 @@ class _WorkerInstance(Instance):
     settings: list[Settings] = field(default_factory=list)
     _expected_records: int = 0
     _last: list[float] = field(default_factory=list)
+    _owned: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from streams.spec import load_spec
@@ -232,7 +233,7 @@ class _WorkerInstance(Instance):
                 web_port=free_port(),
                 metrics_port=free_port(), session_timeout_s=6.0,
                 checkpoint_dir=self.workdir / "checkpoints",
-                **{"log_level": "warning", **self.overrides}))  # type: ignore[arg-type] - strings, coerced
+                **{"log_level": "warning", **self.overrides}))  # type: ignore[arg-type]  # strings, coerced
         s = self.settings[0]
         self.input_topic = s.topic("events")
         self.output_topics = (s.topic("predictions"),)
@@ -262,6 +263,7 @@ class _WorkerInstance(Instance):
         self.logs = [self.workdir / f"{self.tag}-worker{i}.log" for i in range(self.workers)]
         self.procs = [start_worker(s, log) for s, log in zip(self.settings, self.logs)]
         self._last = [0.0] * self.workers
+        self._owned = [[] for _ in range(self.workers)]
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         from streams.demo import wait_ready
@@ -272,28 +274,39 @@ class _WorkerInstance(Instance):
             except (RuntimeError, TimeoutError) as exc:
                 raise RunFailed(f"{self.tag}: {exc}\n{log_tail(log)}") from exc
 
-    def _scrape(self, s: Settings) -> dict[str, float]:
+    def _scrape(self, s: Settings) -> dict[str, Any]:
         url = f"http://{s.metrics_host}:{s.metrics_port}/metrics"
         body = urllib.request.urlopen(url, timeout=2).read().decode()
-        out: dict[str, float] = {}
+        out: dict[str, Any] = {}
         for line in body.splitlines():
             if line.startswith("streamscore_worker_events_in_total{") and 'topic="events"' in line:
                 out["events_in"] = float(line.split()[-1])
             elif line.startswith("streamscore_worker_assigned_partitions "):
                 out["assigned"] = float(line.split()[-1])
+            elif line.startswith('streamscore_consumer_lag_records{') and 'topic="events"' in line:
+                out.setdefault("partitions", set()).add(int(line.split('partition="')[1].split('"')[0]))
         return out
 
     def progress(self) -> tuple[int, bool]:
         for i, s in enumerate(self.settings):
             try:
-                self._last[i] = self._scrape(s).get("events_in", 0.0)
+                page = self._scrape(s)
             except OSError:
-                pass                      # keep the last value; check_alive catches a dead worker
+                continue                  # keep the last value; check_alive catches a dead worker
+            self._last[i] = page.get("events_in", 0.0)
+            self._owned[i] = sorted(page.get("partitions", ()))
         n = int(sum(self._last))
         return n, n >= self._expected_records
 
     def extra(self) -> dict[str, Any]:
-        return {"records_per_worker": [int(x) for x in self._last]} if self.workers > 1 else {}
+        if self.workers == 1:
+            return {}
+        # the partitions each worker held at the end (benchmarks.harness.worker_rates); none if a
+        # worker reported none, or two claimed one (a rebalance at the end)
+        owned = [p for ps in self._owned for p in ps]
+        ok = all(self._owned) and len(owned) == len(set(owned)) == self.partitions
+        return {"records_per_worker": [int(x) for x in self._last],
+                **({"partitions_per_worker": [list(ps) for ps in self._owned]} if ok else {})}
 
 
 def _user_window(size_ms: int) -> tuple[WindowDef, ...]:

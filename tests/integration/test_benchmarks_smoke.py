@@ -87,3 +87,20 @@ def test_rounds_benchmark_publishes_the_same_bytes_both_ways():
     rows = run(events=3_000, per_partition=(2, 40), blocks=2, warm=1_000)
     assert [r["records_per_partition"] for r in rows] == [2, 40]
     assert all(r["us_per_event_batch"] > 0 and r["us_per_event_round"] > 0 for r in rows)
+
+
+def test_two_workers_report_their_partitions_and_spans(tmp_path: Path):
+    """`full_2workers`: correct, the two workers' partitions cover the topic once, and the per-worker
+    figures (benchmarks.harness.worker_rates) account for every output."""
+    results = tmp_path / "latest.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--events", "3000", "--repeat", "1", "--only", "full_2workers",
+         "--no-latency", "--no-extras", "--results", str(results), "--markdown", str(tmp_path / "B.md")],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rep = json.loads(results.read_text())["runs"]["full_2workers"]["reps"][0]
+    assert rep["correct"] is True
+    owned = rep["partitions_per_worker"]
+    assert len(owned) == 2 and all(owned) and sorted(p for ps in owned for p in ps) == [0, 1, 2, 3]
+    assert sum(rep["outputs_per_worker"]) == 3000 == sum(rep["records_per_worker"]) // 2
+    assert len(rep["worker_spans_s"]) == 2 and min(a for a, _ in rep["worker_spans_s"]) == 0.0
