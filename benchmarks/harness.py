@@ -163,9 +163,9 @@ def worker_rates(ts_ms: Mapping[str, int], partitions: Sequence[int],
     Why not only outputs / (last output - first output), as for one worker:
     for a group that span also holds the gap between the workers' starts (the
     embedded broker answers each member's JoinGroup a fixed time after *its*
-    request, so a worker whose process started 0.5 s later starts 0.5 s later,
-    a third of a 200,000-event run on a fast day) and the tail where one
-    worker runs alone on cores the other has left. Neither happens to a group
+    request, so a worker whose process booted later starts later: 0.3-1.7 s
+    on 2026-11-28, when a pair's 200,000-event run takes ~3.5 s on a normal
+    day) and the tail where one worker runs alone on cores the other has left. Neither happens to a group
     that keeps up with a live stream. What such a group sustains is set by
     its slowest worker for its share: input rate x share_w <= rate_w for each
     worker w, so the group sustains min_w rate_w / share_w events/s, with
