@@ -165,8 +165,8 @@ def worker_rates(ts_ms: Mapping[str, int], partitions: Sequence[int],
     embedded broker answers each member's JoinGroup a fixed time after *its*
     request, so a worker whose process booted later starts later: 0.3-1.7 s
     on 2026-11-28, when a pair's 200,000-event run takes ~3.5 s on a normal
-    day) and the tail where one worker runs alone on cores the other has left. Neither happens to a group
-    that keeps up with a live stream. What such a group sustains is set by
+    day) and the tail where one worker runs alone on cores the other has
+    left. Neither happens to a group that keeps up with a live stream. What such a group sustains is set by
     its slowest worker for its share: input rate x share_w <= rate_w for each
     worker w, so the group sustains min_w rate_w / share_w events/s, with
     rate_w measured in the window where every worker publishes (from the

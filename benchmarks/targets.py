@@ -12,7 +12,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from benchmarks.faust_naive import changelog_topic
 from benchmarks.status import read_status
 from benchmarks.workload import WindowDef
 from streams.broker import create_topics, free_port
+from streams.metrics import LAG_METRIC, scrape, total
 from streams.settings import Settings
 
 PIPELINES = Path(__file__).resolve().parent / "pipelines"
@@ -275,17 +275,11 @@ class _WorkerInstance(Instance):
                 raise RunFailed(f"{self.tag}: {exc}\n{log_tail(log)}") from exc
 
     def _scrape(self, s: Settings) -> dict[str, Any]:
-        url = f"http://{s.metrics_host}:{s.metrics_port}/metrics"
-        body = urllib.request.urlopen(url, timeout=2).read().decode()
-        out: dict[str, Any] = {}
-        for line in body.splitlines():
-            if line.startswith("streamscore_worker_events_in_total{") and 'topic="events"' in line:
-                out["events_in"] = float(line.split()[-1])
-            elif line.startswith("streamscore_worker_assigned_partitions "):
-                out["assigned"] = float(line.split()[-1])
-            elif line.startswith('streamscore_consumer_lag_records{') and 'topic="events"' in line:
-                out.setdefault("partitions", set()).add(int(line.split('partition="')[1].split('"')[0]))
-        return out
+        """Records consumed from the events topic, and the events partitions held (the lag gauge's)."""
+        samples = scrape(f"http://{s.metrics_host}:{s.metrics_port}/metrics")
+        return {"events_in": total(samples, "streamscore_worker_events_in_total", topic="events"),
+                "partitions": {int(labels["partition"]) for labels, _ in samples.get(LAG_METRIC, ())
+                               if labels.get("topic") == "events"}}
 
     def progress(self) -> tuple[int, bool]:
         for i, s in enumerate(self.settings):
@@ -293,8 +287,8 @@ class _WorkerInstance(Instance):
                 page = self._scrape(s)
             except OSError:
                 continue                  # keep the last value; check_alive catches a dead worker
-            self._last[i] = page.get("events_in", 0.0)
-            self._owned[i] = sorted(page.get("partitions", ()))
+            self._last[i] = page["events_in"]
+            self._owned[i] = sorted(page["partitions"])
         n = int(sum(self._last))
         return n, n >= self._expected_records
 
